@@ -1,0 +1,218 @@
+//! The config file: TOML text → validated, typed [`Config`]; pure (no I/O but reading the file).
+
+mod parse;
+mod reader;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use http::HeaderName;
+use ipnet::IpNet;
+
+pub use reader::Diagnostic;
+
+/// A fully validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub listen: Listen,
+    pub proxy: ProxySettings,
+    pub routes: Vec<Route>,
+    /// Pools in file order; names are unique.
+    pub pools: Vec<PoolConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listen {
+    pub http: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxySettings {
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub header_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub retries: u32,
+    pub trusted_proxies: Vec<IpNet>,
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        ProxySettings {
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(75),
+            header_timeout: Duration::from_secs(10),
+            max_header_bytes: 65536,
+            retries: 1,
+            trusted_proxies: Vec::new(),
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Which requests go to which pool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    pub host: HostMatch,
+    pub path_prefix: String,
+    pub pool: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    Any,
+    /// Lower-cased exact host name.
+    Exact(String),
+    /// `*.example.com`: stores `.example.com`; matches any name ending with it.
+    Suffix(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Affinity {
+    Cookie,
+    Ip,
+    Header,
+    None,
+}
+
+impl Affinity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Affinity::Cookie => "cookie",
+            Affinity::Ip => "ip",
+            Affinity::Header => "header",
+            Affinity::None => "none",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashAlgorithm {
+    Maglev,
+    Ketama,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolConfig {
+    pub name: String,
+    pub affinity: Affinity,
+    pub hash: HashAlgorithm,
+    /// Maglev lookup table size (a prime).
+    pub table_size: u32,
+    /// Bounded loads on in-flight requests; `None` = off.
+    pub balance_factor: Option<f64>,
+    pub drain_timeout: Duration,
+    /// For `affinity = "header"`.
+    pub header: Option<HeaderName>,
+    /// For `affinity = "cookie"` (defaults filled in).
+    pub cookie: Option<CookieConfig>,
+    pub backends: Vec<BackendConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Secure {
+    /// Only when the client came over TLS.
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    Lax,
+    Strict,
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CookieConfig {
+    pub name: String,
+    pub max_age: Option<Duration>,
+    pub max_idle: Option<Duration>,
+    pub secret: Option<String>,
+    pub path: String,
+    pub domain: Option<String>,
+    pub secure: Secure,
+    pub http_only: bool,
+    pub same_site: SameSite,
+}
+
+impl Default for CookieConfig {
+    fn default() -> Self {
+        CookieConfig {
+            name: "TETHER".into(),
+            max_age: None,
+            max_idle: None,
+            secret: None,
+            path: "/".into(),
+            domain: None,
+            secure: Secure::Auto,
+            http_only: true,
+            same_site: SameSite::Lax,
+        }
+    }
+}
+
+/// The state an operator gives a backend in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminState {
+    Active,
+    Drain,
+    Disabled,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendConfig {
+    /// Stable identity (default: the address).
+    pub id: String,
+    /// `host:port` exactly as written (ketama hashes this text).
+    pub address: String,
+    pub weight: u32,
+    /// Tomcat jvmRoute (default: the id).
+    pub route: String,
+    pub state: AdminState,
+}
+
+/// Every problem found in a config file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read config file: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}", display_all(.0))]
+    Invalid(Vec<Diagnostic>),
+}
+
+fn display_all(d: &[Diagnostic]) -> String {
+    d.iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Validates config text; `file` is only used in error messages.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        parse::parse(text, file).map_err(ConfigError::Invalid)
+    }
+
+    pub fn pool(&self, name: &str) -> Option<&PoolConfig> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+}

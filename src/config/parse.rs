@@ -1,0 +1,614 @@
+//! Reading each section of the file into the typed config, collecting every error.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+
+use http::HeaderName;
+use ipnet::IpNet;
+use toml_edit::{Document, TableLike};
+
+use super::reader::{
+    as_bool, as_choice, as_duration, as_float, as_int, as_list, as_str, join, Diagnostic, Reader,
+};
+use super::*;
+
+/// Keys of PRODUCT.md that this version does not implement yet, per section: a clear
+/// error instead of "unknown key", and never silently ignored.
+const ROOT_NOT_YET: &[(&str, &str)] = &[
+    ("tls", "TLS termination"),
+    ("log", "the access log"),
+    ("admin", "the admin API"),
+];
+const POOL_NOT_YET: &[(&str, &str)] = &[
+    ("health", "active health checks"),
+    ("passive", "passive health checks"),
+    ("route", "route (jvmRoute) affinity"),
+    ("learn", "learn affinity"),
+];
+
+pub(super) fn parse(text: &str, file: &str) -> Result<Config, Vec<Diagnostic>> {
+    let mut r = Reader::new(text, file);
+    let doc = match Document::parse(text) {
+        Ok(d) => d,
+        Err(e) => {
+            let msg = e.message().trim().to_string();
+            r.error_at(e.span(), "(syntax)", msg);
+            return Err(r.errors);
+        }
+    };
+    let root = doc.as_table() as &dyn TableLike;
+    check_keys(
+        &mut r,
+        root,
+        "",
+        &["listen", "proxy", "routes", "pools"],
+        ROOT_NOT_YET,
+    );
+
+    let listen = read_listen(&mut r, root);
+    let proxy = read_proxy(&mut r, root);
+    let pools = read_pools(&mut r, root);
+    let routes = read_routes(&mut r, root, &pools);
+
+    if r.errors.is_empty() {
+        Ok(Config {
+            listen,
+            proxy,
+            routes,
+            pools,
+        })
+    } else {
+        Err(r.errors)
+    }
+}
+
+/// Unknown-key check that explains keys planned for later versions.
+fn check_keys(
+    r: &mut Reader,
+    table: &dyn TableLike,
+    path: &str,
+    allowed: &[&str],
+    not_yet: &[(&str, &str)],
+) {
+    let mut ok: Vec<&str> = allowed.to_vec();
+    for (key, what) in not_yet {
+        if let Some(k) = table.key(key) {
+            r.error_at(
+                k.span(),
+                &join(path, key),
+                format!("{what} is not supported by this version of tether yet"),
+            );
+            ok.push(key);
+        }
+    }
+    r.check_keys(table, path, &ok);
+}
+
+fn read_listen(r: &mut Reader, root: &dyn TableLike) -> Listen {
+    let mut listen = Listen {
+        http: vec![SocketAddr::from(([0, 0, 0, 0], 8080))],
+    };
+    if let Some(t) = r.table(root, "", "listen") {
+        check_keys(r, t, "listen", &["http"], &[("https", "HTTPS listeners")]);
+        if let Some(http) = r.opt(t, "listen", "http", |v| {
+            as_list(v, |s| {
+                s.parse::<SocketAddr>().map_err(|_| {
+                    format!("{s:?} is not an address like \"0.0.0.0:8080\" or \"[::]:8080\"")
+                })
+            })
+        }) {
+            if http.is_empty() {
+                r.error_at(
+                    Reader::span_of(t, "http"),
+                    "listen.http",
+                    "at least one address is required",
+                );
+            }
+            listen.http = http;
+        }
+    }
+    listen
+}
+
+fn read_proxy(r: &mut Reader, root: &dyn TableLike) -> ProxySettings {
+    let mut p = ProxySettings::default();
+    let Some(t) = r.table(root, "", "proxy") else {
+        return p;
+    };
+    let path = "proxy";
+    check_keys(
+        r,
+        t,
+        path,
+        &[
+            "connect_timeout",
+            "response_timeout",
+            "idle_timeout",
+            "header_timeout",
+            "max_header_bytes",
+            "retries",
+            "trusted_proxies",
+            "shutdown_timeout",
+        ],
+        &[],
+    );
+    for (key, slot) in [
+        ("connect_timeout", &mut p.connect_timeout),
+        ("response_timeout", &mut p.response_timeout),
+        ("idle_timeout", &mut p.idle_timeout),
+        ("header_timeout", &mut p.header_timeout),
+        ("shutdown_timeout", &mut p.shutdown_timeout),
+    ] {
+        if let Some(d) = r.opt(t, path, key, as_duration) {
+            if d.is_zero() && key != "shutdown_timeout" {
+                r.error_at(
+                    Reader::span_of(t, key),
+                    &join(path, key),
+                    "must be greater than zero",
+                );
+            }
+            *slot = d;
+        }
+    }
+    if let Some(n) = r.opt(t, path, "max_header_bytes", |v| {
+        as_int(v, 8192, 16 * 1024 * 1024)
+    }) {
+        p.max_header_bytes = n as usize;
+    }
+    if let Some(n) = r.opt(t, path, "retries", |v| as_int(v, 0, 16)) {
+        p.retries = n as u32;
+    }
+    if let Some(nets) = r.opt(t, path, "trusted_proxies", |v| as_list(v, parse_cidr)) {
+        p.trusted_proxies = nets;
+    }
+    p
+}
+
+/// A CIDR (`10.0.0.0/8`) or a single address (`127.0.0.1`).
+fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    if let Ok(n) = s.parse::<IpNet>() {
+        return Ok(n.trunc());
+    }
+    s.parse::<std::net::IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("{s:?} is not a CIDR like \"10.0.0.0/8\" or an address"))
+}
+
+fn read_routes(r: &mut Reader, root: &dyn TableLike, pools: &[PoolConfig]) -> Vec<Route> {
+    let mut routes = Vec::new();
+    let entries = r.tables(root, "", "routes");
+    for (i, (t, span)) in entries.iter().enumerate() {
+        let path = format!("routes[{i}]");
+        check_keys(r, *t, &path, &["host", "path_prefix", "pool"], &[]);
+        let host = r
+            .opt(*t, &path, "host", |v| {
+                as_str(v).and_then(|s| parse_host(&s))
+            })
+            .unwrap_or(HostMatch::Any);
+        let path_prefix = r
+            .opt(*t, &path, "path_prefix", |v| {
+                as_str(v).and_then(|s| {
+                    if s.starts_with('/') {
+                        Ok(s)
+                    } else {
+                        Err(format!("must start with '/', found {s:?}"))
+                    }
+                })
+            })
+            .unwrap_or_else(|| "/".to_string());
+        match r.opt(*t, &path, "pool", as_str) {
+            Some(pool) => {
+                if !pools.is_empty() && !pools.iter().any(|p| p.name == pool) {
+                    r.error_at(
+                        Reader::span_of(*t, "pool"),
+                        &join(&path, "pool"),
+                        format!("no pool named {pool:?}"),
+                    );
+                }
+                routes.push(Route {
+                    host,
+                    path_prefix,
+                    pool,
+                });
+            }
+            None if t.get("pool").is_none() => {
+                r.error_at(span.clone(), &path, "missing key `pool`");
+            }
+            None => {}
+        }
+    }
+    if routes.is_empty() && entries.is_empty() && pools.len() > 1 {
+        r.error_at(
+            None,
+            "routes",
+            "with more than one pool, [[routes]] must say which requests go to which pool",
+        );
+    }
+    routes
+}
+
+fn parse_host(s: &str) -> Result<HostMatch, String> {
+    let s = s.trim().to_ascii_lowercase();
+    if s.is_empty() || s == "*" {
+        return Ok(HostMatch::Any);
+    }
+    let bad = |s: &str| s.is_empty() || s.contains(['*', '/', ' ', ':']);
+    if let Some(rest) = s.strip_prefix("*.") {
+        if bad(rest) {
+            return Err(format!("{s:?} is not a host name or \"*.domain\""));
+        }
+        return Ok(HostMatch::Suffix(format!(".{rest}")));
+    }
+    if bad(&s) {
+        return Err(format!(
+            "{s:?} is not a host name or \"*.domain\" (no port)"
+        ));
+    }
+    Ok(HostMatch::Exact(s))
+}
+
+fn read_pools(r: &mut Reader, root: &dyn TableLike) -> Vec<PoolConfig> {
+    let mut pools = Vec::new();
+    let Some(t) = r.table(root, "", "pools") else {
+        r.error_at(
+            None,
+            "pools",
+            "at least one pool is required ([pools.NAME])",
+        );
+        return pools;
+    };
+    for (name, _) in t.iter() {
+        let path = join("pools", name);
+        if let Some(pt) = r.table(t, "pools", name) {
+            if let Some(p) = read_pool(r, pt, name, &path) {
+                pools.push(p);
+            }
+        }
+    }
+    if pools.is_empty() && r.errors.is_empty() {
+        r.error_at(
+            t.key("pools").and_then(|k| k.span()),
+            "pools",
+            "at least one pool is required",
+        );
+    }
+    pools
+}
+
+fn read_pool(r: &mut Reader, t: &dyn TableLike, name: &str, path: &str) -> Option<PoolConfig> {
+    check_keys(
+        r,
+        t,
+        path,
+        &[
+            "affinity",
+            "hash",
+            "table_size",
+            "balance_factor",
+            "drain_timeout",
+            "header",
+            "cookie",
+            "backends",
+        ],
+        POOL_NOT_YET,
+    );
+    let affinity = r
+        .opt(t, path, "affinity", |v| {
+            as_choice(
+                v,
+                &[
+                    ("cookie", Affinity::Cookie),
+                    ("ip", Affinity::Ip),
+                    ("header", Affinity::Header),
+                    ("none", Affinity::None),
+                ],
+            )
+        })
+        .unwrap_or(Affinity::Cookie);
+    let hash = r
+        .opt(t, path, "hash", |v| {
+            as_choice(
+                v,
+                &[
+                    ("maglev", HashAlgorithm::Maglev),
+                    ("ketama", HashAlgorithm::Ketama),
+                ],
+            )
+        })
+        .unwrap_or(HashAlgorithm::Maglev);
+    let table_size = r
+        .opt(t, path, "table_size", |v| {
+            let n = as_int(v, 7, 10_000_019)?;
+            if is_prime(n as u64) {
+                Ok(n as u32)
+            } else {
+                Err(format!("must be a prime number (e.g. 65537), found {n}"))
+            }
+        })
+        .unwrap_or(crate::balancer::DEFAULT_TABLE_SIZE);
+    let balance_factor = r
+        .opt(t, path, "balance_factor", |v| {
+            let f = as_float(v)?;
+            if f == 0.0 {
+                Ok(None)
+            } else if f > 1.0 && f.is_finite() {
+                Ok(Some(f))
+            } else {
+                Err(format!(
+                    "must be 0 (off) or a number greater than 1, found {f}"
+                ))
+            }
+        })
+        .unwrap_or(None);
+    let drain_timeout = r
+        .opt(t, path, "drain_timeout", as_duration)
+        .unwrap_or(std::time::Duration::from_secs(30 * 60));
+    let header = r.opt(t, path, "header", |v| {
+        as_str(v).and_then(|s| {
+            HeaderName::from_bytes(s.as_bytes())
+                .map_err(|_| format!("{s:?} is not a valid header name"))
+        })
+    });
+    match (affinity, &header) {
+        (Affinity::Header, None) if t.get("header").is_none() => {
+            r.error_at(
+                Reader::span_of(t, "affinity"),
+                &join(path, "header"),
+                "affinity = \"header\" needs `header = \"Header-Name\"`",
+            );
+        }
+        (a, Some(_)) if a != Affinity::Header => {
+            r.error_at(
+                Reader::span_of(t, "header"),
+                &join(path, "header"),
+                "only used with affinity = \"header\"",
+            );
+        }
+        _ => {}
+    }
+    let cookie_path = join(path, "cookie");
+    let cookie = match r.table(t, path, "cookie") {
+        Some(ct) => {
+            if affinity != Affinity::Cookie {
+                r.error_at(
+                    Reader::span_of(t, "cookie"),
+                    &cookie_path,
+                    "only used with affinity = \"cookie\"",
+                );
+            }
+            Some(read_cookie(r, ct, &cookie_path))
+        }
+        None => None,
+    };
+    let cookie = match affinity {
+        Affinity::Cookie => Some(cookie.unwrap_or_default()),
+        _ => None,
+    };
+    let backends = read_backends(r, t, path);
+    if backends.len() as u64 > u64::from(table_size) {
+        r.error_at(
+            Reader::span_of(t, "table_size"),
+            &join(path, "table_size"),
+            "must be larger than the number of backends (100× is best)",
+        );
+    }
+    Some(PoolConfig {
+        name: name.to_string(),
+        affinity,
+        hash,
+        table_size,
+        balance_factor,
+        drain_timeout,
+        header,
+        cookie,
+        backends,
+    })
+}
+
+fn read_cookie(r: &mut Reader, t: &dyn TableLike, path: &str) -> CookieConfig {
+    check_keys(
+        r,
+        t,
+        path,
+        &[
+            "name",
+            "max_age",
+            "max_idle",
+            "secret",
+            "path",
+            "domain",
+            "secure",
+            "http_only",
+            "same_site",
+        ],
+        &[],
+    );
+    let mut c = CookieConfig::default();
+    if let Some(name) = r.opt(t, path, "name", |v| {
+        as_str(v).and_then(|s| {
+            let token = !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if token {
+                Ok(s)
+            } else {
+                Err(format!(
+                    "{s:?} is not a valid cookie name (letters, digits, - _ . and no spaces)"
+                ))
+            }
+        })
+    }) {
+        c.name = name;
+    }
+    c.max_age = r.opt(t, path, "max_age", as_duration);
+    c.max_idle = r.opt(t, path, "max_idle", as_duration);
+    if let Some(d) = c.max_idle {
+        if d.as_secs() < 4 {
+            r.error_at(
+                Reader::span_of(t, "max_idle"),
+                &join(path, "max_idle"),
+                "must be at least 4s",
+            );
+        }
+    }
+    c.secret = r.opt(t, path, "secret", |v| {
+        as_str(v).and_then(|s| {
+            if s.len() >= 16 {
+                Ok(s)
+            } else {
+                Err("must be at least 16 characters".to_string())
+            }
+        })
+    });
+    let attr = |v: &toml_edit::Value| {
+        as_str(v).and_then(|s| {
+            if s.bytes()
+                .any(|b| b == b';' || b == b',' || b.is_ascii_control() || b == b' ')
+            {
+                Err(format!(
+                    "{s:?} may not contain ';', ',', spaces or control characters"
+                ))
+            } else {
+                Ok(s)
+            }
+        })
+    };
+    if let Some(p) = r.opt(t, path, "path", attr) {
+        c.path = p;
+    }
+    c.domain = r.opt(t, path, "domain", attr);
+    if let Some(s) = r.opt(t, path, "secure", |v| match v.as_bool() {
+        Some(true) => Ok(Secure::Always),
+        Some(false) => Ok(Secure::Never),
+        None => as_choice(v, &[("auto", Secure::Auto)])
+            .map_err(|_| "expected \"auto\", true or false".to_string()),
+    }) {
+        c.secure = s;
+    }
+    if let Some(b) = r.opt(t, path, "http_only", as_bool) {
+        c.http_only = b;
+    }
+    if let Some(s) = r.opt(t, path, "same_site", |v| {
+        as_choice(
+            v,
+            &[
+                ("lax", SameSite::Lax),
+                ("strict", SameSite::Strict),
+                ("none", SameSite::None),
+            ],
+        )
+    }) {
+        c.same_site = s;
+    }
+    c
+}
+
+fn read_backends(r: &mut Reader, pool: &dyn TableLike, pool_path: &str) -> Vec<BackendConfig> {
+    let mut out: Vec<BackendConfig> = Vec::new();
+    let entries = r.tables(pool, pool_path, "backends");
+    if entries.is_empty() && pool.get("backends").is_none() {
+        r.error_at(
+            None,
+            &join(pool_path, "backends"),
+            "a pool needs at least one [[backends]] entry",
+        );
+    }
+    let mut ids = HashSet::new();
+    let mut routes = HashSet::new();
+    for (i, (t, span)) in entries.into_iter().enumerate() {
+        let path = format!("{pool_path}.backends[{i}]");
+        check_keys(
+            r,
+            t,
+            &path,
+            &["id", "address", "weight", "route", "state"],
+            &[],
+        );
+        let address = r.opt(t, &path, "address", |v| {
+            as_str(v).and_then(|s| check_address(&s).map(|_| s))
+        });
+        if address.is_none() && t.get("address").is_none() {
+            r.error_at(span.clone(), &path, "missing key `address`");
+        }
+        let id = r.opt(t, &path, "id", |v| {
+            as_str(v).and_then(|s| {
+                if s.is_empty() || s.contains('/') || s.chars().any(char::is_control) {
+                    Err(format!("{s:?} is not a valid id (non-empty, no '/')"))
+                } else {
+                    Ok(s)
+                }
+            })
+        });
+        let weight = r
+            .opt(t, &path, "weight", |v| as_int(v, 1, 1000))
+            .unwrap_or(1) as u32;
+        let route = r.opt(t, &path, "route", as_str);
+        let state = r
+            .opt(t, &path, "state", |v| {
+                as_choice(
+                    v,
+                    &[
+                        ("active", AdminState::Active),
+                        ("drain", AdminState::Drain),
+                        ("disabled", AdminState::Disabled),
+                    ],
+                )
+            })
+            .unwrap_or(AdminState::Active);
+        let Some(address) = address else { continue };
+        let id = id.unwrap_or_else(|| address.clone());
+        let route = route.unwrap_or_else(|| id.clone());
+        if !ids.insert(id.clone()) {
+            let at = Reader::span_of(t, "id").or(span.clone());
+            r.error_at(
+                at,
+                &join(&path, "id"),
+                format!("duplicate backend id {id:?} in this pool"),
+            );
+        }
+        if !routes.insert(route.clone()) {
+            let at = Reader::span_of(t, "route").or(span);
+            r.error_at(
+                at,
+                &join(&path, "route"),
+                format!("duplicate route {route:?} in this pool"),
+            );
+        }
+        out.push(BackendConfig {
+            id,
+            address,
+            weight,
+            route,
+            state,
+        });
+    }
+    out
+}
+
+/// `host:port` with a non-empty host and a numeric port.
+fn check_address(s: &str) -> Result<(), String> {
+    if s.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let err =
+        || format!("{s:?} is not host:port (e.g. \"10.0.0.11:8080\" or \"app1.internal:8080\")");
+    let (host, port) = s.rsplit_once(':').ok_or_else(err)?;
+    if host.is_empty() || host.contains([':', '/', ' ', '[', ']']) || port.parse::<u16>().is_err() {
+        return Err(err());
+    }
+    Ok(())
+}
+
+fn is_prime(n: u64) -> bool {
+    if n < 2 {
+        return false;
+    }
+    let mut d = 2;
+    while d * d <= n {
+        if n % d == 0 {
+            return false;
+        }
+        d += 1;
+    }
+    true
+}

@@ -1,0 +1,20 @@
+//! tether: a sticky-session HTTP reverse proxy.
+//!
+//! How the pieces fit:
+//! - [`config`] reads the TOML file into validated types (pure);
+//! - [`balancer`] maps keys to backends with maglev or ketama, plus bounded loads (pure);
+//! - [`affinity`] decides where a request goes: its pin (cookie) or its key (IP, header);
+//! - [`runtime`] builds the immutable [`runtime::Snapshot`] that each request loads once, and
+//!   [`state`] keeps what must outlive a snapshot (counters, connections, drain start);
+//! - [`proxy`] is the hyper service; [`server`] accepts connections and shuts down gracefully;
+//! - [`explain`] answers "where would this request go, and why?"; [`demo`] runs a showcase.
+
+pub mod affinity;
+pub mod balancer;
+pub mod config;
+pub mod demo;
+pub mod explain;
+pub mod proxy;
+pub mod runtime;
+pub mod server;
+pub mod state;

@@ -1,0 +1,321 @@
+//! The proxy service: route a request to a pool, choose a backend, forward it with retries on
+//! connect failures, stream the response back, and tunnel upgrades.
+
+pub mod body;
+pub mod error;
+pub mod headers;
+pub mod upstream;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use crate::affinity::{self, client_ip, cookie, Decision, RequestKeys};
+use crate::config::Affinity;
+use crate::runtime::{App, Pool, Snapshot};
+use body::ProxyBody;
+use error::ProxyError;
+use upstream::{InFlight, Target, UpstreamBody, UpstreamError};
+
+/// What the proxy knows about the client connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// Serves one request; never fails (errors become responses).
+pub async fn handle(
+    app: Arc<App>,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    // One snapshot for the whole request, whatever reloads happen meanwhile.
+    let snap = app.snapshot();
+    match proxy(&snap, conn, req).await {
+        Ok(res) => Ok(res),
+        Err(e) => {
+            tracing::debug!(error = %e, client = %conn.peer, "answered by the proxy");
+            Ok(e.into_response())
+        }
+    }
+}
+
+async fn proxy(
+    snap: &Snapshot,
+    conn: ConnInfo,
+    mut req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let host = request_host(&req);
+    let pool_index = snap
+        .route(host.as_deref().map(strip_port), req.uri().path())
+        .ok_or(ProxyError::NoRoute)?;
+    let pool = &snap.pools[pool_index];
+    let settings = &snap.config.proxy;
+
+    let client = client_ip::client_ip(
+        conn.peer.ip(),
+        req.headers()
+            .get_all("x-forwarded-for")
+            .iter()
+            .map(HeaderValue::as_bytes),
+        &settings.trusted_proxies,
+    );
+    let cookie_name = pool.cookie.as_ref().map(|c| c.name());
+    let cookie_value = cookie_name.and_then(|name| {
+        cookie::find_cookie(
+            req.headers()
+                .get_all(header::COOKIE)
+                .iter()
+                .map(HeaderValue::as_bytes),
+            name,
+        )
+    });
+    let keys = RequestKeys {
+        client_ip: client,
+        cookie: cookie_value,
+        header: pool
+            .header
+            .as_ref()
+            .and_then(|h| req.headers().get(h))
+            .map(HeaderValue::as_bytes),
+        now: unix_now(),
+    };
+    let (mut decision, _) = affinity::decide(pool, &keys).ok_or(ProxyError::NoBackend)?;
+    if let (Some(name), true) = (cookie_name, cookie_value.is_some()) {
+        strip_own_cookie(&mut req, name);
+    }
+
+    let upgrade = is_upgrade(&req);
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    prepare_request(&mut req, conn, host, upgrade)?;
+
+    // Connect first, so a connect failure keeps the request (and its body) for the next
+    // candidate.
+    let mut tried: Vec<usize> = Vec::new();
+    let (backend_index, sender, in_flight) = loop {
+        let b = &pool.backends[decision.backend];
+        let in_flight = InFlight::new(b.shared.clone(), pool.shared.clone());
+        let target = target(pool, decision.backend, settings.connect_timeout);
+        match upstream::checkout(&target).await {
+            Ok(sender) => break (decision.backend, sender, in_flight),
+            Err(e) => {
+                tracing::warn!(pool = %pool.name, backend = %b.id, error = %e, "backend connect failed");
+                tried.push(decision.backend);
+                if tried.len() > settings.retries as usize
+                    || affinity::retry(pool, &mut decision, &tried).is_none()
+                {
+                    return Err(e.into());
+                }
+            }
+        }
+    };
+    let backend = &pool.backends[backend_index];
+    if decision.pinned_to_draining {
+        backend.shared.note_pinned_while_draining();
+    }
+    backend.shared.requests.fetch_add(1, Ordering::Relaxed);
+
+    let target = target(pool, backend_index, settings.connect_timeout);
+    let (res, sender) = upstream::send(&target, sender, req, settings.response_timeout)
+        .await
+        .inspect_err(|e| {
+            tracing::warn!(pool = %pool.name, backend = %backend.id, error = %e, "backend request failed");
+        })?;
+    let (mut parts, incoming) = res.into_parts();
+
+    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            let backend_res = Response::from_parts(parts.clone(), incoming);
+            tokio::spawn(tunnel(client_upgrade, backend_res, in_flight));
+            headers::remove_hop_by_hop(&mut parts.headers, true);
+            add_cookie(pool, &decision, conn, &mut parts.headers);
+            return Ok(Response::from_parts(parts, ProxyBody::empty()));
+        }
+        // A 101 to a request that did not ask for one is a broken backend.
+        return Err(UpstreamError::Protocol(
+            "101 Switching Protocols to a request that did not ask to upgrade",
+        )
+        .into());
+    }
+    headers::remove_hop_by_hop(&mut parts.headers, false);
+    add_cookie(pool, &decision, conn, &mut parts.headers);
+    let body = UpstreamBody::new(incoming, Some(sender), backend.shared.clone(), in_flight);
+    Ok(Response::from_parts(parts, ProxyBody::Upstream(body)))
+}
+
+fn target(pool: &Pool, i: usize, connect_timeout: std::time::Duration) -> Target<'_> {
+    let b = &pool.backends[i];
+    Target {
+        address: &b.address,
+        socket_addr: b.socket_addr,
+        shared: &b.shared,
+        connect_timeout,
+    }
+}
+
+/// The host the client asked for: `Host`, or the URI authority (HTTP/2, absolute-form).
+fn request_host(req: &Request<Incoming>) -> Option<String> {
+    if let Some(a) = req.uri().authority() {
+        return Some(a.as_str().to_string());
+    }
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.split(']').next().map(|h| &h[1..]).unwrap_or(host);
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+fn is_upgrade(req: &Request<Incoming>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+}
+
+fn strip_own_cookie(req: &mut Request<Incoming>, name: &str) {
+    let rest = cookie::strip_cookie(
+        req.headers()
+            .get_all(header::COOKIE)
+            .iter()
+            .map(HeaderValue::as_bytes),
+        Some(name),
+    );
+    req.headers_mut().remove(header::COOKIE);
+    if let Some(v) = rest.and_then(|v| HeaderValue::from_bytes(&v).ok()) {
+        req.headers_mut().insert(header::COOKIE, v);
+    }
+}
+
+/// Turns the client's request into the one sent to the backend (HTTP/1.1, origin-form).
+fn prepare_request(
+    req: &mut Request<Incoming>,
+    conn: ConnInfo,
+    host: Option<String>,
+    upgrade: bool,
+) -> Result<(), ProxyError> {
+    let host_value = match host {
+        Some(h) => Some(HeaderValue::from_str(&h).map_err(|_| ProxyError::BadRequest)?),
+        None => None,
+    };
+    // HTTP/2 may send several cookie headers; HTTP/1.1 wants one.
+    if req
+        .headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        let joined = cookie::strip_cookie(
+            req.headers()
+                .get_all(header::COOKIE)
+                .iter()
+                .map(HeaderValue::as_bytes),
+            None,
+        );
+        req.headers_mut().remove(header::COOKIE);
+        if let Some(v) = joined.and_then(|v| HeaderValue::from_bytes(&v).ok()) {
+            req.headers_mut().insert(header::COOKIE, v);
+        }
+    }
+    let h = req.headers_mut();
+    headers::remove_hop_by_hop(h, upgrade);
+    let mut peer = [0u8; 48];
+    headers::set_forwarded(
+        h,
+        client_ip::ip_text(conn.peer.ip().to_canonical(), &mut peer),
+        conn.tls,
+        host_value.as_ref(),
+    );
+    if let Some(v) = host_value {
+        h.insert(header::HOST, v);
+    }
+    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        *req.uri_mut() = pq.parse::<Uri>().map_err(|_| ProxyError::BadRequest)?;
+    }
+    *req.version_mut() = Version::HTTP_11;
+    Ok(())
+}
+
+/// Adds the affinity cookie when the decision created or changed a pin.
+fn add_cookie(pool: &Pool, d: &Decision, conn: ConnInfo, h: &mut http::HeaderMap) {
+    let (Some(codec), Some(client_key)) = (&pool.cookie, d.issue_cookie) else {
+        return;
+    };
+    if pool.affinity != Affinity::Cookie {
+        return;
+    }
+    let value = codec.encode(client_key, pool.backends[d.backend].token, unix_now());
+    if let Ok(v) = HeaderValue::from_str(&codec.set_cookie(&value, conn.tls)) {
+        h.append(header::SET_COOKIE, v);
+        headers::make_private(h);
+    }
+}
+
+/// Copies bytes both ways between an upgraded client and backend until either side closes.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    backend: Response<Incoming>,
+    in_flight: InFlight,
+) {
+    let _in_flight = in_flight;
+    let (client, backend) = match tokio::try_join!(client, hyper::upgrade::on(backend)) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut backend = TokioIo::new(backend);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+        tracing::debug!(error = %e, "tunnel closed with an error");
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strip_port_handles_names_and_v6() {
+        assert_eq!(strip_port("shop.example.com:8080"), "shop.example.com");
+        assert_eq!(strip_port("shop.example.com"), "shop.example.com");
+        assert_eq!(strip_port("[::1]:80"), "::1");
+    }
+}

@@ -1,0 +1,290 @@
+//! Connections to backends: connect with a timeout and TCP_NODELAY, HTTP/1.1 keep-alive
+//! pooling in a lock-free queue, and a response body that returns its connection when done.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam_queue::ArrayQueue;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::state::{BackendShared, PoolShared};
+
+/// Idle connections kept per backend.
+const MAX_IDLE: usize = 256;
+/// An idle connection older than this is not reused (backends commonly close at 60s+).
+const IDLE_REUSE: Duration = Duration::from_secs(50);
+
+type Sender = http1::SendRequest<Incoming>;
+
+struct Idle {
+    sender: Sender,
+    since: Instant,
+}
+
+/// Idle keep-alive connections to one backend.
+pub struct ConnPool {
+    idle: ArrayQueue<Idle>,
+}
+
+impl std::fmt::Debug for ConnPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ConnPool({} idle)", self.idle.len())
+    }
+}
+
+impl Default for ConnPool {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ConnPool {
+    pub fn new() -> Self {
+        ConnPool {
+            idle: ArrayQueue::new(MAX_IDLE),
+        }
+    }
+
+    fn put(&self, sender: Sender) {
+        if !sender.is_closed() {
+            // A full pool drops the connection, which closes it.
+            let _ = self.idle.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    fn take(&self) -> Option<Sender> {
+        while let Some(idle) = self.idle.pop() {
+            if !idle.sender.is_closed() && idle.since.elapsed() < IDLE_REUSE {
+                return Some(idle.sender);
+            }
+        }
+        None
+    }
+
+    pub fn idle_count(&self) -> usize {
+        self.idle.len()
+    }
+}
+
+/// Why a backend did not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connect failed: {0}")]
+    Connect(#[source] std::io::Error),
+    #[error("connect timed out")]
+    ConnectTimeout,
+    #[error("could not resolve backend address")]
+    Resolve,
+    #[error("handshake failed: {0}")]
+    Handshake(#[source] hyper::Error),
+    #[error("backend did not answer in time")]
+    ResponseTimeout,
+    #[error("backend failed: {0}")]
+    Http(#[source] hyper::Error),
+    #[error("backend broke the protocol: {0}")]
+    Protocol(&'static str),
+}
+
+impl UpstreamError {
+    /// Failures before any byte of the request reached the backend: safe to retry elsewhere.
+    pub fn is_connect(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::Connect(_) | UpstreamError::ConnectTimeout | UpstreamError::Resolve
+        )
+    }
+
+    /// A short label for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect(_) => "connect",
+            UpstreamError::ConnectTimeout => "connect_timeout",
+            UpstreamError::Resolve => "resolve",
+            UpstreamError::Handshake(_) => "handshake",
+            UpstreamError::ResponseTimeout => "response_timeout",
+            UpstreamError::Http(_) => "response",
+            UpstreamError::Protocol(_) => "protocol",
+        }
+    }
+}
+
+/// Where and how to reach one backend.
+pub struct Target<'a> {
+    pub address: &'a str,
+    pub socket_addr: Option<SocketAddr>,
+    pub shared: &'a Arc<BackendShared>,
+    pub connect_timeout: Duration,
+}
+
+/// A ready connection: pooled or fresh.
+pub async fn checkout(t: &Target<'_>) -> Result<Sender, UpstreamError> {
+    while let Some(mut s) = t.shared.conns.take() {
+        // Pooled connections whose previous response is done become ready at once; a
+        // closed one errors and is dropped.
+        if s.ready().await.is_ok() {
+            return Ok(s);
+        }
+    }
+    connect(t).await
+}
+
+async fn connect(t: &Target<'_>) -> Result<Sender, UpstreamError> {
+    let stream = tokio::time::timeout(t.connect_timeout, async {
+        match t.socket_addr {
+            Some(a) => TcpStream::connect(a).await.map_err(UpstreamError::Connect),
+            None => {
+                let addrs = tokio::net::lookup_host(t.address)
+                    .await
+                    .map_err(|_| UpstreamError::Resolve)?;
+                let mut last = UpstreamError::Resolve;
+                for a in addrs {
+                    match TcpStream::connect(a).await {
+                        Ok(s) => return Ok(s),
+                        Err(e) => last = UpstreamError::Connect(e),
+                    }
+                }
+                Err(last)
+            }
+        }
+    })
+    .await
+    .map_err(|_| UpstreamError::ConnectTimeout)??;
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(UpstreamError::Handshake)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "backend connection ended");
+        }
+    });
+    Ok(sender)
+}
+
+/// Sends `req` on a ready connection. A pooled connection the backend closed meanwhile hands
+/// the request back untouched, and it is sent again on a fresh connection.
+pub async fn send(
+    t: &Target<'_>,
+    mut sender: Sender,
+    req: Request<Incoming>,
+    response_timeout: Duration,
+) -> Result<(Response<Incoming>, Sender), UpstreamError> {
+    let fut = async {
+        match sender.try_send_request(req).await {
+            Ok(res) => Ok(res),
+            Err(mut e) => match e.take_message() {
+                Some(req) => {
+                    sender = connect(t).await?;
+                    sender.send_request(req).await.map_err(UpstreamError::Http)
+                }
+                None => Err(UpstreamError::Http(e.into_error())),
+            },
+        }
+    };
+    let res = tokio::time::timeout(response_timeout, fut)
+        .await
+        .map_err(|_| UpstreamError::ResponseTimeout)??;
+    Ok((res, sender))
+}
+
+/// Counts one request in flight on a backend and its pool until dropped.
+pub struct InFlight {
+    backend: Arc<BackendShared>,
+    pool: Arc<PoolShared>,
+}
+
+impl InFlight {
+    pub fn new(backend: Arc<BackendShared>, pool: Arc<PoolShared>) -> Self {
+        backend.in_flight.fetch_add(1, Ordering::Relaxed);
+        pool.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight { backend, pool }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.backend.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.pool.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A backend response body streamed to the client. When it ends cleanly its connection goes
+/// back to the pool; the in-flight count drops when the body ends or the client goes away.
+pub struct UpstreamBody {
+    inner: Incoming,
+    sender: Option<Sender>,
+    backend: Arc<BackendShared>,
+    in_flight: Option<InFlight>,
+}
+
+impl UpstreamBody {
+    pub fn new(
+        inner: Incoming,
+        sender: Option<Sender>,
+        backend: Arc<BackendShared>,
+        in_flight: InFlight,
+    ) -> Self {
+        let mut body = UpstreamBody {
+            inner,
+            sender,
+            backend,
+            in_flight: Some(in_flight),
+        };
+        // An empty body (204, 304, HEAD) may never be polled: release it now.
+        if body.inner.is_end_stream() {
+            body.finish();
+        }
+        body
+    }
+
+    fn finish(&mut self) {
+        if let Some(s) = self.sender.take() {
+            self.backend.conns.put(s);
+        }
+        self.in_flight = None;
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(None) => this.finish(),
+            Poll::Ready(Some(Err(_))) => {
+                this.sender = None;
+                this.in_flight = None;
+            }
+            _ => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

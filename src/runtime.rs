@@ -1,0 +1,255 @@
+//! The immutable runtime snapshot built from a [`Config`]: pools with their selection tables
+//! and routes. One `ArcSwap<Snapshot>` is loaded once per request.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderName;
+
+use crate::affinity::cookie::CookieCodec;
+use crate::balancer::{Algorithm, Balancer, Member};
+use crate::config::{AdminState, Affinity, Config, HashAlgorithm, HostMatch, PoolConfig};
+use crate::state::{BackendIdentity, BackendShared, PoolShared, Registry};
+
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    pub pools: Vec<Pool>,
+    /// Routes sorted most specific first.
+    routes: Vec<RouteEntry>,
+}
+
+struct RouteEntry {
+    host: HostMatch,
+    prefix: String,
+    pool: usize,
+}
+
+pub struct Pool {
+    pub name: Arc<str>,
+    pub affinity: Affinity,
+    pub header: Option<HeaderName>,
+    pub balance_factor: Option<f64>,
+    pub drain_timeout: Duration,
+    pub balancer: Balancer,
+    pub backends: Vec<Backend>,
+    pub cookie: Option<CookieCodec>,
+    /// Cookie backend token → backend index.
+    tokens: ahash::HashMap<u64, usize>,
+    pub shared: Arc<PoolShared>,
+    registry: Arc<Registry>,
+}
+
+pub struct Backend {
+    pub id: Arc<str>,
+    /// `host:port` as written.
+    pub address: Arc<str>,
+    /// Parsed once when the address is a literal IP; DNS names are resolved on connect.
+    pub socket_addr: Option<SocketAddr>,
+    pub weight: u32,
+    pub route: Arc<str>,
+    pub state: AdminState,
+    pub token: u64,
+    pub shared: Arc<BackendShared>,
+}
+
+impl Snapshot {
+    /// Builds a snapshot; long-lived state comes from (and is registered in) `registry`.
+    pub fn build(config: Arc<Config>, registry: &Arc<Registry>) -> Snapshot {
+        let mut identities = Vec::new();
+        for p in &config.pools {
+            for b in &p.backends {
+                identities.push(BackendIdentity {
+                    pool: &p.name,
+                    id: &b.id,
+                    address: &b.address,
+                    draining: b.state == AdminState::Drain,
+                });
+            }
+        }
+        let mut shared = registry.sync(&identities).into_iter();
+        let pools = config
+            .pools
+            .iter()
+            .map(|p| build_pool(p, &mut shared, registry))
+            .collect::<Vec<_>>();
+        let mut routes: Vec<RouteEntry> = config
+            .routes
+            .iter()
+            .filter_map(|r| {
+                let pool = pools.iter().position(|p| *p.name == *r.pool)?;
+                Some(RouteEntry {
+                    host: r.host.clone(),
+                    prefix: r.path_prefix.clone(),
+                    pool,
+                })
+            })
+            .collect();
+        // Exact host before wildcard before any; then the longest prefix.
+        routes.sort_by_key(|r| {
+            let rank = match &r.host {
+                HostMatch::Exact(_) => 0,
+                HostMatch::Suffix(s) => 1_000_000 - s.len(),
+                HostMatch::Any => 2_000_000,
+            };
+            (rank, usize::MAX - r.prefix.len())
+        });
+        Snapshot {
+            config,
+            pools,
+            routes,
+        }
+    }
+
+    /// The pool for a request's host (without port) and path. With no routes configured,
+    /// the only pool takes everything.
+    pub fn route(&self, host: Option<&str>, path: &str) -> Option<usize> {
+        if self.routes.is_empty() {
+            return (self.pools.len() == 1).then_some(0);
+        }
+        let host = host.map(|h| h.strip_suffix('.').unwrap_or(h));
+        self.routes
+            .iter()
+            .find(|r| {
+                let host_ok = match (&r.host, host) {
+                    (HostMatch::Any, _) => true,
+                    (HostMatch::Exact(e), Some(h)) => h.eq_ignore_ascii_case(e),
+                    (HostMatch::Suffix(s), Some(h)) => {
+                        h.len() > s.len()
+                            && h.is_char_boundary(h.len() - s.len())
+                            && h[h.len() - s.len()..].eq_ignore_ascii_case(s)
+                    }
+                    _ => false,
+                };
+                host_ok && path.starts_with(r.prefix.as_str())
+            })
+            .map(|r| r.pool)
+    }
+
+    pub fn pool_index(&self, name: &str) -> Option<usize> {
+        self.pools.iter().position(|p| &*p.name == name)
+    }
+}
+
+fn build_pool(
+    p: &PoolConfig,
+    shared: &mut impl Iterator<Item = Arc<BackendShared>>,
+    registry: &Arc<Registry>,
+) -> Pool {
+    let cookie = p.cookie.as_ref().map(CookieCodec::new);
+    let backends: Vec<Backend> = p
+        .backends
+        .iter()
+        .map(|b| Backend {
+            id: b.id.as_str().into(),
+            address: b.address.as_str().into(),
+            socket_addr: b.address.parse().ok(),
+            weight: b.weight,
+            route: b.route.as_str().into(),
+            state: b.state,
+            token: cookie.as_ref().map(|c| c.backend_token(&b.id)).unwrap_or(0),
+            // `sync` returned one entry per configured backend, in this order.
+            shared: shared
+                .next()
+                .unwrap_or_else(|| Arc::new(crate::state::BackendShared::detached())),
+        })
+        .collect();
+    let members: Vec<Member<'_>> = backends
+        .iter()
+        .map(|b| Member {
+            id: &b.id,
+            address: &b.address,
+            weight: b.weight,
+        })
+        .collect();
+    let algorithm = match p.hash {
+        HashAlgorithm::Maglev => Algorithm::Maglev {
+            table_size: p.table_size,
+        },
+        HashAlgorithm::Ketama => Algorithm::Ketama,
+    };
+    let balancer = Balancer::build(algorithm, &members);
+    let tokens = backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (b.token, i))
+        .collect();
+    Pool {
+        name: p.name.as_str().into(),
+        affinity: p.affinity,
+        header: p.header.clone(),
+        balance_factor: p.balance_factor,
+        drain_timeout: p.drain_timeout,
+        balancer,
+        backends,
+        cookie,
+        tokens,
+        shared: registry.pool(&p.name),
+        registry: registry.clone(),
+    }
+}
+
+impl Pool {
+    /// The backend a cookie token names.
+    pub fn by_token(&self, token: u64) -> Option<usize> {
+        self.tokens.get(&token).copied()
+    }
+
+    /// May this backend receive new sessions?
+    pub fn takes_new(&self, i: usize) -> bool {
+        self.backends[i].state == AdminState::Active
+    }
+
+    /// Is this backend draining and still within `drain_timeout`?
+    pub fn draining_within_timeout(&self, i: usize) -> bool {
+        let b = &self.backends[i];
+        if b.state != AdminState::Drain {
+            return false;
+        }
+        match b.shared.drain_started_ms() {
+            Some(start) => {
+                let now = self.registry.now_ms();
+                now.saturating_sub(start) < self.drain_timeout.as_millis() as u64
+            }
+            None => true,
+        }
+    }
+
+    /// May a request pinned to this backend still go there?
+    pub fn takes_pinned(&self, i: usize) -> bool {
+        self.takes_new(i) || self.draining_within_timeout(i)
+    }
+
+    pub fn total_in_flight(&self) -> u64 {
+        self.shared.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+/// Process-wide state: the current snapshot and the long-lived registry behind it.
+pub struct App {
+    snapshot: arc_swap::ArcSwap<Snapshot>,
+    pub registry: Arc<Registry>,
+}
+
+impl App {
+    pub fn new(config: Config) -> Arc<App> {
+        let registry = Arc::new(Registry::default());
+        let snap = Snapshot::build(Arc::new(config), &registry);
+        Arc::new(App {
+            snapshot: arc_swap::ArcSwap::from_pointee(snap),
+            registry,
+        })
+    }
+
+    /// The current snapshot; hold it for the whole request.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Builds a snapshot of `config` (keeping long-lived state by identity) and swaps it in.
+    pub fn install(&self, config: Config) {
+        let snap = Snapshot::build(Arc::new(config), &self.registry);
+        self.snapshot.store(Arc::new(snap));
+    }
+}
