@@ -83,7 +83,7 @@ pub fn config(
     backends: &[SocketAddr],
 ) -> Result<Config, crate::config::ConfigError> {
     let mut text = format!(
-        "[listen]\nhttp = [\"{listen}\"]\n\n[pools.demo]\naffinity = \"cookie\"\n\n[pools.demo.cookie]\nname = \"TETHER\"\n"
+        "[listen]\nhttp = [\"{listen}\"]\n\n[proxy]\n# Lets curl simulate other clients with X-Forwarded-For.\ntrusted_proxies = [\"127.0.0.0/8\"]\n\n[pools.demo]\naffinity = \"cookie\"\n\n[pools.demo.cookie]\nname = \"TETHER\"\n"
     );
     for (i, b) in backends.iter().enumerate() {
         text.push_str(&format!(

@@ -69,10 +69,10 @@ pub fn explain(config: &Config, pool: Option<&str>, query: &Query) -> Result<Str
     };
     let _ = writeln!(
         out,
-        "pool {} (affinity {}, hash {:?}, {} backends)",
+        "pool {} (affinity {}, hash {}, {} backends)",
         pool.name,
         pool.affinity.as_str(),
-        pool_cfg.hash,
+        pool_cfg.hash.as_str(),
         pool.backends.len()
     );
     if !ip_given

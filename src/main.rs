@@ -103,6 +103,9 @@ fn check(path: &PathBuf) -> ExitCode {
     match Config::load(path) {
         Ok(c) => {
             println!("{}: OK", path.display());
+            for w in c.warnings() {
+                println!("warning: {w}");
+            }
             println!(
                 "listen http: {}",
                 c.listen
@@ -113,14 +116,17 @@ fn check(path: &PathBuf) -> ExitCode {
                     .join(", ")
             );
             for r in &c.routes {
-                println!("route {:?} {} → {}", r.host, r.path_prefix, r.pool);
+                println!(
+                    "route host {} path {} → pool {}",
+                    r.host, r.path_prefix, r.pool
+                );
             }
             for p in &c.pools {
                 println!(
-                    "pool {}: affinity {}, hash {:?}, {} backends",
+                    "pool {}: affinity {}, hash {}, {} backends",
                     p.name,
                     p.affinity.as_str(),
-                    p.hash,
+                    p.hash.as_str(),
                     p.backends.len()
                 );
                 for b in &p.backends {

@@ -12,6 +12,10 @@ use ipnet::IpNet;
 
 pub use reader::Diagnostic;
 
+/// Maglev slots per backend that keep a one-backend change under 1.5/N moved keys
+/// (measured by `examples/disruption.rs`).
+pub const MAGLEV_SLOTS_PER_BACKEND: u64 = 1300;
+
 /// A fully validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -96,6 +100,15 @@ pub enum HashAlgorithm {
     Ketama,
 }
 
+impl HashAlgorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HashAlgorithm::Maglev => "maglev",
+            HashAlgorithm::Ketama => "ketama",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolConfig {
     pub name: String,
@@ -165,6 +178,26 @@ pub enum AdminState {
     Disabled,
 }
 
+impl AdminState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminState::Active => "active",
+            AdminState::Drain => "drain",
+            AdminState::Disabled => "disabled",
+        }
+    }
+}
+
+impl std::fmt::Display for HostMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostMatch::Any => f.write_str("*"),
+            HostMatch::Exact(h) => f.write_str(h),
+            HostMatch::Suffix(s) => write!(f, "*{s}"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct BackendConfig {
     /// Stable identity (default: the address).
@@ -210,6 +243,26 @@ impl Config {
     /// Validates config text; `file` is only used in error messages.
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
         parse::parse(text, file).map_err(ConfigError::Invalid)
+    }
+
+    /// Advice that does not make the file invalid.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        for p in &self.pools {
+            let n = p.backends.len() as u64;
+            if p.hash == HashAlgorithm::Maglev
+                && u64::from(p.table_size) < n * MAGLEV_SLOTS_PER_BACKEND
+            {
+                w.push(format!(
+                    "pools.{}.table_size: {} slots for {} backends; removing one backend may move more than 1.5/N of keys (use a prime ≥ {})",
+                    p.name,
+                    p.table_size,
+                    n,
+                    n * MAGLEV_SLOTS_PER_BACKEND
+                ));
+            }
+        }
+        w
     }
 
     pub fn pool(&self, name: &str) -> Option<&PoolConfig> {

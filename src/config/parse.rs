@@ -50,6 +50,7 @@ pub(super) fn parse(text: &str, file: &str) -> Result<Config, Vec<Diagnostic>> {
     let pools = read_pools(&mut r, root);
     let routes = read_routes(&mut r, root, &pools);
 
+    r.errors.sort_by_key(|d| (d.line, d.col));
     if r.errors.is_empty() {
         Ok(Config {
             listen,
@@ -76,7 +77,7 @@ fn check_keys(
             r.error_at(
                 k.span(),
                 &join(path, key),
-                format!("{what} is not supported by this version of tether yet"),
+                format!("not supported by this version of tether yet ({what})"),
             );
             ok.push(key);
         }
