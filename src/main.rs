@@ -1,7 +1,7 @@
 //! The `tether` command line: run, check, explain, demo.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -95,11 +95,11 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-fn load(path: &PathBuf) -> anyhow::Result<Config> {
+fn load(path: &Path) -> anyhow::Result<Config> {
     Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-fn check(path: &PathBuf) -> ExitCode {
+fn check(path: &Path) -> ExitCode {
     match Config::load(path) {
         Ok(c) => {
             println!("{}: OK", path.display());
@@ -131,8 +131,12 @@ fn check(path: &PathBuf) -> ExitCode {
                 );
                 for b in &p.backends {
                     println!(
-                        "  {} {} weight {} route {} {:?}",
-                        b.id, b.address, b.weight, b.route, b.state
+                        "  {} {} weight {} route {} {}",
+                        b.id,
+                        b.address,
+                        b.weight,
+                        b.route,
+                        b.state.as_str()
                     );
                 }
             }

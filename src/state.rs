@@ -36,6 +36,11 @@ impl BackendShared {
         }
     }
 
+    /// State not registered anywhere (used only if the registry and config ever disagree).
+    pub fn detached() -> Self {
+        BackendShared::new()
+    }
+
     pub fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Relaxed)
     }
@@ -196,12 +201,5 @@ mod tests {
         assert_eq!(s[0].drain_started_ms(), Some(t0));
         let s = r.sync(&[ident("a", "x:1", false)]);
         assert_eq!(s[0].drain_started_ms(), None);
-    }
-}
-
-impl BackendShared {
-    /// State not registered anywhere (used only if the registry and config ever disagree).
-    pub fn detached() -> Self {
-        BackendShared::new()
     }
 }

@@ -166,7 +166,7 @@ fn health_is_applied_at_lookup_so_only_the_lost_backends_keys_move() {
         let pool = Pool::new(5);
         let b = Balancer::build(alg, &pool.members());
         let down = 2usize;
-        let mut spread = vec![0usize; 5];
+        let mut spread = [0usize; 5];
         for k in 0..20_000 {
             let key = format!("client-{k}");
             let primary = b.primary(key.as_bytes()).unwrap();

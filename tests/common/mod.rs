@@ -127,6 +127,8 @@ async fn handle(
         ("x-seen-host", seen("x-forwarded-host")),
         ("x-seen-host-header", seen("host")),
         ("x-seen-connection", seen("connection")),
+        ("x-seen-private", seen("x-private")),
+        ("x-seen-keep-alive", seen("keep-alive")),
     ];
     match req.uri().path() {
         "/upload" => {
