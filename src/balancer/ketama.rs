@@ -56,7 +56,11 @@ impl Ketama {
     }
 
     pub fn lookup(&self, key: &[u8]) -> Option<usize> {
-        self.candidates(key).next()
+        if self.points.is_empty() {
+            return None;
+        }
+        let at = self.find(crc32fast::hash(key)) % self.points.len();
+        Some(self.points[at].1 as usize)
     }
 
     /// Walks the continuum clockwise from the key's point, as nginx does when a server is

@@ -74,8 +74,12 @@ impl Balancer {
     }
 
     /// The first candidate for this key, ignoring availability.
+    #[inline]
     pub fn primary(&self, key: &[u8]) -> Option<usize> {
-        self.candidates(key).next()
+        match self {
+            Balancer::Maglev(m) => m.lookup(key),
+            Balancer::Ketama(k) => k.lookup(key),
+        }
     }
 }
 
