@@ -104,6 +104,15 @@ impl Backend {
     }
 }
 
+/// Three backends named b1, b2, b3.
+pub async fn three() -> (Backend, Backend, Backend) {
+    (
+        Backend::start("b1").await,
+        Backend::start("b2").await,
+        Backend::start("b3").await,
+    )
+}
+
 fn query(req: &Request<Incoming>, key: &str) -> Option<String> {
     req.uri()
         .query()?
