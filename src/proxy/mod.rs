@@ -55,7 +55,7 @@ async fn proxy(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let host = request_host(&req);
     let pool_index = snap
-        .route(host.as_deref().map(strip_port), req.uri().path())
+        .route(host.as_ref().and_then(|h| h.to_str().ok()).map(strip_port), req.uri().path())
         .ok_or(ProxyError::NoRoute)?;
     let pool = &snap.pools[pool_index];
     let settings = &snap.config.proxy;
@@ -161,15 +161,12 @@ fn target(pool: &Pool, i: usize, connect_timeout: std::time::Duration) -> Target
     }
 }
 
-/// The host the client asked for: `Host`, or the URI authority (HTTP/2, absolute-form).
-fn request_host(req: &Request<Incoming>) -> Option<String> {
-    if let Some(a) = req.uri().authority() {
-        return Some(a.as_str().to_string());
+/// The host the client asked for: the URI authority (HTTP/2, absolute-form), else `Host`.
+fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
+    match req.uri().authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => req.headers().get(header::HOST).cloned(),
     }
-    req.headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
 }
 
 fn strip_port(host: &str) -> &str {
@@ -214,13 +211,9 @@ fn strip_own_cookie(req: &mut Request<Incoming>, name: &str) {
 fn prepare_request(
     req: &mut Request<Incoming>,
     conn: ConnInfo,
-    host: Option<String>,
+    host_value: Option<HeaderValue>,
     upgrade: bool,
 ) -> Result<(), ProxyError> {
-    let host_value = match host {
-        Some(h) => Some(HeaderValue::from_str(&h).map_err(|_| ProxyError::BadRequest)?),
-        None => None,
-    };
     // HTTP/2 may send several cookie headers; HTTP/1.1 wants one.
     if req
         .headers()
