@@ -55,7 +55,10 @@ async fn proxy(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let host = request_host(&req);
     let pool_index = snap
-        .route(host.as_ref().and_then(|h| h.to_str().ok()).map(strip_port), req.uri().path())
+        .route(
+            host.as_ref().and_then(|h| h.to_str().ok()).map(strip_port),
+            req.uri().path(),
+        )
         .ok_or(ProxyError::NoRoute)?;
     let pool = &snap.pools[pool_index];
     let settings = &snap.config.proxy;
