@@ -28,8 +28,8 @@ pub enum ExplainError {
     NoBackend(String),
 }
 
-/// Explains the decision for `query` in `pool` (or the only pool), as health checks would
-/// see a freshly started instance: every backend up, states as in the file.
+/// Explains the decision for `query` in `pool` (or the only pool), as a freshly started
+/// instance whose health checks all pass would decide: states as in the file.
 pub fn explain(config: &Config, pool: Option<&str>, query: &Query) -> Result<String, ExplainError> {
     let pool_cfg = match pool {
         Some(name) => config
@@ -43,6 +43,11 @@ pub fn explain(config: &Config, pool: Option<&str>, query: &Query) -> Result<Str
     };
     let registry = Arc::new(Registry::default());
     let snap = Snapshot::build(Arc::new(config.clone()), &registry);
+    for p in &snap.pools {
+        for b in &p.backends {
+            b.shared.set_active_verdict(true);
+        }
+    }
     let pool = snap
         .pool_index(&pool_cfg.name)
         .map(|i| &snap.pools[i])
@@ -120,7 +125,7 @@ pub fn explain(config: &Config, pool: Option<&str>, query: &Query) -> Result<Str
             .filter(|&i| i != d.backend)
             .map(|i| {
                 let b = &pool.backends[i];
-                match b.state {
+                match b.shared.admin_state() {
                     AdminState::Active => b.id.to_string(),
                     AdminState::Drain => format!("{} (draining: skipped for new sessions)", b.id),
                     AdminState::Disabled => format!("{} (disabled: skipped)", b.id),

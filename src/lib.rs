@@ -7,13 +7,20 @@
 //! - [`runtime`] builds the immutable [`runtime::Snapshot`] that each request loads once, and
 //!   [`state`] keeps what must outlive a snapshot (counters, connections, drain start);
 //! - [`proxy`] is the hyper service; [`server`] accepts connections and shuts down gracefully;
+//! - [`app`] holds the current snapshot and the process-wide services: [`health`] checks,
+//!   the [`access_log`], and the counters that [`metrics`] and the [`admin`] API expose;
 //! - [`explain`] answers "where would this request go, and why?"; [`demo`] runs a showcase.
 
+pub mod access_log;
+pub mod admin;
 pub mod affinity;
+pub mod app;
 pub mod balancer;
 pub mod config;
 pub mod demo;
 pub mod explain;
+pub mod health;
+pub mod metrics;
 pub mod proxy;
 pub mod runtime;
 pub mod server;

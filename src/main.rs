@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tether::config::{Config, ConfigError};
-use tether::runtime::App;
-use tether::{demo, explain, server};
+use tether::app::App;
+use tether::{admin, demo, explain, health, server};
 
 #[derive(Parser)]
 #[command(
@@ -45,6 +45,35 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
     },
+    /// Talk to a running instance's admin API.
+    Ctl(CtlArgs),
+}
+
+#[derive(Args)]
+struct CtlArgs {
+    /// The admin API's base URL.
+    #[arg(long, env = "TETHER_ADMIN", default_value = "http://127.0.0.1:9090")]
+    admin: String,
+    /// Bearer token for POST endpoints.
+    #[arg(long, env = "TETHER_ADMIN_TOKEN")]
+    token: Option<String>,
+    /// Pool of the backend (needed only when the id is in several pools).
+    #[arg(long)]
+    pool: Option<String>,
+    #[command(subcommand)]
+    action: CtlAction,
+}
+
+#[derive(Subcommand)]
+enum CtlAction {
+    /// Print /status.
+    Status,
+    /// Stop new sessions on a backend; pinned sessions continue until drain_timeout.
+    Drain { id: String },
+    /// Return a backend to service.
+    Enable { id: String },
+    /// Take a backend out of service entirely.
+    Disable { id: String },
 }
 
 #[derive(Args)]
@@ -78,6 +107,7 @@ fn main() -> ExitCode {
         Command::Explain(args) => explain_cmd(args),
         Command::Run { config } => runtime().and_then(|rt| rt.block_on(run(config))),
         Command::Demo { listen } => runtime().and_then(|rt| rt.block_on(run_demo(listen))),
+        Command::Ctl(args) => runtime().and_then(|rt| rt.block_on(ctl(args))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -170,11 +200,80 @@ fn explain_cmd(a: ExplainArgs) -> anyhow::Result<()> {
 async fn run(path: PathBuf) -> anyhow::Result<()> {
     let config = load(&path)?;
     let listeners = server::bind(&config.listen.http).await?;
+    let admin_listener = match &config.admin {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a.listen)
+                .await
+                .with_context(|| format!("cannot listen on {} (admin)", a.listen))?,
+        ),
+        None => None,
+    };
+    let app = App::new(config, Some(path));
+    // New backends are health-checked before they get sessions: wait for first verdicts.
+    let snap = app.snapshot();
+    health::first_verdicts(&snap, health::first_verdict_limit(&snap)).await;
+    drop(snap);
     for l in &listeners {
         tracing::info!(address = %l.local_addr()?, "listening (http)");
     }
-    let app = App::new(config);
-    server::serve(app, listeners, server::shutdown_signal()).await;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    if let Some(l) = admin_listener {
+        tracing::info!(address = %l.local_addr()?, "admin API listening");
+        let mut rx = stop_rx.clone();
+        tokio::spawn(admin::serve(app.clone(), l, async move {
+            let _ = rx.changed().await;
+        }));
+    }
+    server::serve(app, listeners, async move {
+        server::shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    })
+    .await;
+    drop(stop_rx);
+    Ok(())
+}
+
+async fn ctl(a: CtlArgs) -> anyhow::Result<()> {
+    let token = a.token.as_deref();
+    let (id, action) = match a.action {
+        CtlAction::Status => {
+            let body = admin::call(&a.admin, http::Method::GET, "/status", token).await?;
+            let v: serde_json::Value = serde_json::from_str(&body)?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            return Ok(());
+        }
+        CtlAction::Drain { id } => (id, "drain"),
+        CtlAction::Enable { id } => (id, "enable"),
+        CtlAction::Disable { id } => (id, "disable"),
+    };
+    let pool = match a.pool {
+        Some(p) => p,
+        None => {
+            let body = admin::call(&a.admin, http::Method::GET, "/status", token).await?;
+            let v: serde_json::Value = serde_json::from_str(&body)?;
+            let pools: Vec<String> = v["pools"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .filter(|(_, p)| {
+                            p["backends"]
+                                .as_array()
+                                .is_some_and(|bs| bs.iter().any(|b| b["id"] == id.as_str()))
+                        })
+                        .map(|(name, _)| name.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            match pools.as_slice() {
+                [one] => one.clone(),
+                [] => anyhow::bail!("no backend {id:?} in any pool"),
+                _ => anyhow::bail!("backend {id:?} is in pools {pools:?}; choose one with --pool"),
+            }
+        }
+    };
+    let path = format!("/pools/{pool}/backends/{id}/{action}");
+    let body = admin::call(&a.admin, http::Method::POST, &path, token).await?;
+    print!("{body}");
     Ok(())
 }
 
@@ -192,6 +291,6 @@ async fn run_demo(listen: SocketAddr) -> anyhow::Result<()> {
     eprintln!(
         "      curl http://{listen}/                 (no cookie jar: a new session each time)"
     );
-    server::serve(App::new(config), listeners, server::shutdown_signal()).await;
+    server::serve(App::new(config, None), listeners, server::shutdown_signal()).await;
     Ok(())
 }

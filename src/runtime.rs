@@ -10,8 +10,8 @@ use http::HeaderName;
 
 use crate::affinity::cookie::CookieCodec;
 use crate::balancer::{Algorithm, Balancer, Member};
-use crate::config::{AdminState, Affinity, Config, HashAlgorithm, HostMatch, PoolConfig};
-use crate::state::{BackendIdentity, BackendShared, PoolShared, Registry};
+use crate::config::{Affinity, Config, HashAlgorithm, HostMatch, PassiveConfig, PoolConfig};
+use crate::state::{now_ms, BackendIdentity, BackendShared, PoolShared, Registry, State};
 
 pub struct Snapshot {
     pub config: Arc<Config>,
@@ -38,7 +38,7 @@ pub struct Pool {
     /// Cookie backend token → backend index.
     tokens: ahash::HashMap<u64, usize>,
     pub shared: Arc<PoolShared>,
-    registry: Arc<Registry>,
+    pub passive: PassiveConfig,
 }
 
 pub struct Backend {
@@ -49,7 +49,6 @@ pub struct Backend {
     pub socket_addr: Option<SocketAddr>,
     pub weight: u32,
     pub route: Arc<str>,
-    pub state: AdminState,
     pub token: u64,
     pub shared: Arc<BackendShared>,
 }
@@ -64,7 +63,8 @@ impl Snapshot {
                     pool: &p.name,
                     id: &b.id,
                     address: &b.address,
-                    draining: b.state == AdminState::Drain,
+                    file_state: b.state,
+                    active_checks: p.health.is_some(),
                 });
             }
         }
@@ -147,7 +147,6 @@ fn build_pool(
             socket_addr: b.address.parse().ok(),
             weight: b.weight,
             route: b.route.as_str().into(),
-            state: b.state,
             token: cookie.as_ref().map(|c| c.backend_token(&b.id)).unwrap_or(0),
             // `sync` returned one entry per configured backend, in this order.
             shared: shared
@@ -186,7 +185,7 @@ fn build_pool(
         cookie,
         tokens,
         shared: registry.pool(&p.name),
-        registry: registry.clone(),
+        passive: p.passive.clone(),
     }
 }
 
@@ -196,22 +195,19 @@ impl Pool {
         self.tokens.get(&token).copied()
     }
 
-    /// May this backend receive new sessions?
+    /// May this backend receive new sessions? (up: healthy, active)
     pub fn takes_new(&self, i: usize) -> bool {
-        self.backends[i].state == AdminState::Active
+        self.backends[i].shared.state() == State::Up
     }
 
-    /// Is this backend draining and still within `drain_timeout`?
+    /// Is this backend draining (and healthy) and still within `drain_timeout`?
     pub fn draining_within_timeout(&self, i: usize) -> bool {
-        let b = &self.backends[i];
-        if b.state != AdminState::Drain {
+        let shared = &self.backends[i].shared;
+        if shared.state() != State::Draining {
             return false;
         }
-        match b.shared.drain_started_ms() {
-            Some(start) => {
-                let now = self.registry.now_ms();
-                now.saturating_sub(start) < self.drain_timeout.as_millis() as u64
-            }
+        match shared.drain_started_ms() {
+            Some(start) => now_ms().saturating_sub(start) < self.drain_timeout.as_millis() as u64,
             None => true,
         }
     }
@@ -223,33 +219,5 @@ impl Pool {
 
     pub fn total_in_flight(&self) -> u64 {
         self.shared.in_flight.load(Ordering::Relaxed)
-    }
-}
-
-/// Process-wide state: the current snapshot and the long-lived registry behind it.
-pub struct App {
-    snapshot: arc_swap::ArcSwap<Snapshot>,
-    pub registry: Arc<Registry>,
-}
-
-impl App {
-    pub fn new(config: Config) -> Arc<App> {
-        let registry = Arc::new(Registry::default());
-        let snap = Snapshot::build(Arc::new(config), &registry);
-        Arc::new(App {
-            snapshot: arc_swap::ArcSwap::from_pointee(snap),
-            registry,
-        })
-    }
-
-    /// The current snapshot; hold it for the whole request.
-    pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.load_full()
-    }
-
-    /// Builds a snapshot of `config` (keeping long-lived state by identity) and swaps it in.
-    pub fn install(&self, config: Config) {
-        let snap = Snapshot::build(Arc::new(config), &self.registry);
-        self.snapshot.store(Arc::new(snap));
     }
 }

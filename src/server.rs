@@ -2,6 +2,7 @@
 //! down gracefully (stop accepting, finish in-flight requests, give up at a deadline).
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::config::ProxySettings;
 use crate::proxy::{self, ConnInfo};
-use crate::runtime::App;
+use crate::app::App;
 
 /// Binds every address in `[listen] http`.
 pub async fn bind(addrs: &[std::net::SocketAddr]) -> std::io::Result<Vec<TcpListener>> {
@@ -32,16 +33,19 @@ pub async fn bind(addrs: &[std::net::SocketAddr]) -> std::io::Result<Vec<TcpList
 /// to finish their in-flight requests, at most `shutdown_timeout` (from the config current
 /// at that moment).
 pub async fn serve(app: Arc<App>, listeners: Vec<TcpListener>, shutdown: impl Future<Output = ()>) {
-    let (tx, mut rx) = mpsc::channel::<(TcpStream, std::net::SocketAddr)>(1024);
+    type Accepted = (TcpStream, std::net::SocketAddr, Arc<AtomicU64>);
+    let (tx, mut rx) = mpsc::channel::<Accepted>(1024);
     let acceptors: Vec<_> = listeners
         .into_iter()
         .map(|l| {
             let tx = tx.clone();
+            let name = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            let gauge = app.listener_gauge(&name);
             tokio::spawn(async move {
                 loop {
                     match l.accept().await {
-                        Ok(conn) => {
-                            if tx.send(conn).await.is_err() {
+                        Ok((stream, peer)) => {
+                            if tx.send((stream, peer, gauge.clone())).await.is_err() {
                                 return;
                             }
                         }
@@ -62,11 +66,13 @@ pub async fn serve(app: Arc<App>, listeners: Vec<TcpListener>, shutdown: impl Fu
     loop {
         tokio::select! {
             conn = rx.recv() => {
-                let Some((stream, peer)) = conn else { break };
+                let Some((stream, peer, gauge)) = conn else { break };
                 let settings = app.snapshot().config.proxy.clone();
                 let watcher = graceful.watcher();
                 let app = app.clone();
                 tokio::spawn(async move {
+                    gauge.fetch_add(1, Ordering::Relaxed);
+                    let _open = Decrement(gauge);
                     let _ = stream.set_nodelay(true);
                     let info = ConnInfo { peer, tls: false };
                     let builder = builder(&settings);
@@ -94,6 +100,15 @@ pub async fn serve(app: Arc<App>, listeners: Vec<TcpListener>, shutdown: impl Fu
         .is_err()
     {
         tracing::warn!("shutdown timeout reached; closing remaining connections");
+    }
+}
+
+/// Decrements a gauge when dropped.
+struct Decrement(Arc<AtomicU64>);
+
+impl Drop for Decrement {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

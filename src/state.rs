@@ -1,12 +1,163 @@
-//! Long-lived per-backend and per-pool state (counters, connections, drain start), keyed by
-//! identity and kept across config reloads.
+//! Long-lived per-backend and per-pool state (health, admin overrides, counters,
+//! connections, drain start), keyed by identity and kept across config reloads.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::config::AdminState;
 use crate::proxy::upstream::ConnPool;
+
+/// Milliseconds on a process-wide monotonic clock (starts near 1, never 0).
+pub fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// Wall-clock Unix time in milliseconds (0 if the clock is before 1970).
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A backend's effective state, as `/status` and selection see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Up,
+    Down,
+    Draining,
+    Disabled,
+}
+
+impl State {
+    pub const ALL: [State; 4] = [State::Up, State::Down, State::Draining, State::Disabled];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Up => "up",
+            State::Down => "down",
+            State::Draining => "draining",
+            State::Disabled => "disabled",
+        }
+    }
+}
+
+fn admin_code(s: Option<AdminState>) -> u8 {
+    match s {
+        None => 0,
+        Some(AdminState::Active) => 1,
+        Some(AdminState::Drain) => 2,
+        Some(AdminState::Disabled) => 3,
+    }
+}
+
+fn admin_from(c: u8) -> Option<AdminState> {
+    match c {
+        1 => Some(AdminState::Active),
+        2 => Some(AdminState::Drain),
+        3 => Some(AdminState::Disabled),
+        _ => None,
+    }
+}
+
+/// Active check verdicts.
+const UNCHECKED: u8 = 0;
+const HEALTHY: u8 = 1;
+const UNHEALTHY: u8 = 2;
+
+/// Upstream error kinds counted per backend (`upstream_errors_total{kind}`).
+pub const ERROR_KINDS: [&str; 7] = [
+    "connect",
+    "connect_timeout",
+    "resolve",
+    "handshake",
+    "response_timeout",
+    "response",
+    "protocol",
+];
+
+/// Upper bounds (seconds) of the request duration histogram.
+pub const DURATION_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+/// Per-backend counters, lock-free; rendered by the metrics endpoint.
+#[derive(Debug)]
+pub struct BackendStats {
+    /// Responses by status code 100..=599.
+    codes: Box<[AtomicU64]>,
+    errors: [AtomicU64; ERROR_KINDS.len()],
+    /// Per-bucket (not cumulative) counts; the last slot is +Inf.
+    duration_buckets: [AtomicU64; DURATION_BUCKETS.len() + 1],
+    duration_sum_us: AtomicU64,
+}
+
+impl Default for BackendStats {
+    fn default() -> Self {
+        BackendStats {
+            codes: (100..600).map(|_| AtomicU64::new(0)).collect(),
+            errors: Default::default(),
+            duration_buckets: Default::default(),
+            duration_sum_us: AtomicU64::new(0),
+        }
+    }
+}
+
+impl BackendStats {
+    pub fn count_status(&self, code: u16) {
+        if let Some(c) = self.codes.get(usize::from(code).wrapping_sub(100)) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// (code, count) for every code seen.
+    pub fn statuses(&self) -> impl Iterator<Item = (u16, u64)> + '_ {
+        self.codes.iter().enumerate().filter_map(|(i, c)| {
+            let n = c.load(Ordering::Relaxed);
+            (n > 0).then_some((i as u16 + 100, n))
+        })
+    }
+
+    pub fn count_error(&self, kind: &str) {
+        if let Some(i) = ERROR_KINDS.iter().position(|k| *k == kind) {
+            self.errors[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn errors(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        ERROR_KINDS
+            .iter()
+            .zip(&self.errors)
+            .map(|(k, c)| (*k, c.load(Ordering::Relaxed)))
+    }
+
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = DURATION_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(DURATION_BUCKETS.len());
+        self.duration_buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.duration_sum_us
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// (sum in seconds, count, per-bucket counts with upper bounds; the last is +Inf).
+    pub fn durations(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let mut buckets = Vec::with_capacity(DURATION_BUCKETS.len() + 1);
+        let mut count = 0;
+        for (i, c) in self.duration_buckets.iter().enumerate() {
+            let n = c.load(Ordering::Relaxed);
+            count += n;
+            buckets.push((DURATION_BUCKETS.get(i).copied().unwrap_or(f64::INFINITY), n));
+        }
+        let sum = self.duration_sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        (sum, count, buckets)
+    }
+}
 
 /// What survives a reload for one backend. Identity is (pool, id, address): a backend whose
 /// address changes is a new backend.
@@ -18,51 +169,160 @@ pub struct BackendShared {
     pub pinned_while_draining: AtomicU64,
     /// Unix milliseconds of the last such request; 0 = never.
     pub last_pinned_at_ms: AtomicU64,
-    /// Milliseconds since the registry's epoch when draining began, plus one; 0 = not draining.
+    /// `now_ms()` when draining began; 0 = not draining.
     drain_started: AtomicU64,
+    /// The state the config file gives this backend.
+    file_state: AtomicU8,
+    /// The admin API's override (0 = none) and the file state it was set against.
+    admin: AtomicU8,
+    admin_file_state: AtomicU8,
+    /// Active health check verdict.
+    active: AtomicU8,
+    /// Consecutive passive failures, and until when (now_ms) they keep the backend down.
+    passive_fails: AtomicU32,
+    passive_down_until: AtomicU64,
+    /// Whether the pool has active checks (else the active verdict is always healthy).
+    pub checked: AtomicBool,
+    pub stats: BackendStats,
     /// Idle keep-alive connections to this backend.
     pub conns: ConnPool,
 }
 
 impl BackendShared {
-    fn new() -> Self {
+    fn new(active_checks: bool) -> Self {
         BackendShared {
             in_flight: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             pinned_while_draining: AtomicU64::new(0),
             last_pinned_at_ms: AtomicU64::new(0),
             drain_started: AtomicU64::new(0),
+            file_state: AtomicU8::new(admin_code(Some(AdminState::Active))),
+            admin: AtomicU8::new(0),
+            admin_file_state: AtomicU8::new(0),
+            // A backend with active checks gets no new sessions before its first verdict.
+            active: AtomicU8::new(if active_checks { UNCHECKED } else { HEALTHY }),
+            passive_fails: AtomicU32::new(0),
+            passive_down_until: AtomicU64::new(0),
+            checked: AtomicBool::new(active_checks),
+            stats: BackendStats::default(),
             conns: ConnPool::new(),
         }
     }
 
     /// State not registered anywhere (used only if the registry and config ever disagree).
     pub fn detached() -> Self {
-        BackendShared::new()
+        BackendShared::new(false)
     }
 
     pub fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Milliseconds (since the registry epoch) when draining began, if draining.
-    pub fn drain_started_ms(&self) -> Option<u64> {
-        match self.drain_started.load(Ordering::Relaxed) {
-            0 => None,
-            t => Some(t - 1),
+    /// The administrative state: the admin override if any, else the file's.
+    pub fn admin_state(&self) -> AdminState {
+        admin_from(self.admin.load(Ordering::Relaxed))
+            .or_else(|| admin_from(self.file_state.load(Ordering::Relaxed)))
+            .unwrap_or(AdminState::Active)
+    }
+
+    /// What health checks (active and passive) say, whatever the admin state.
+    pub fn healthy(&self) -> bool {
+        self.active.load(Ordering::Relaxed) == HEALTHY
+            && self.passive_down_until.load(Ordering::Relaxed) <= now_ms()
+    }
+
+    /// The active checker's current verdict (true = healthy), ignoring passive state.
+    pub fn state_is_actively_healthy(&self) -> bool {
+        self.active.load(Ordering::Relaxed) == HEALTHY
+    }
+
+    /// Has the active checker reached a verdict (or are there no active checks)?
+    pub fn has_verdict(&self) -> bool {
+        self.active.load(Ordering::Relaxed) != UNCHECKED
+    }
+
+    pub fn state(&self) -> State {
+        match self.admin_state() {
+            AdminState::Disabled => State::Disabled,
+            _ if !self.healthy() => State::Down,
+            AdminState::Drain => State::Draining,
+            AdminState::Active => State::Up,
         }
     }
 
-    fn set_draining(&self, draining: bool, now_ms: u64) {
-        if draining {
-            let _ = self.drain_started.compare_exchange(
-                0,
-                now_ms + 1,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            );
+    /// `now_ms()` when draining began, if draining.
+    pub fn drain_started_ms(&self) -> Option<u64> {
+        match self.drain_started.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some(t),
+        }
+    }
+
+    fn refresh_drain(&self) {
+        if self.admin_state() == AdminState::Drain {
+            let _ = self
+                .drain_started
+                .compare_exchange(0, now_ms(), Ordering::Relaxed, Ordering::Relaxed);
         } else {
             self.drain_started.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Admin API: override the file's state (`None` = follow the file again). The override
+    /// lasts until the file changes this backend's `state`.
+    pub fn set_admin(&self, state: Option<AdminState>) {
+        self.admin_file_state
+            .store(self.file_state.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.admin.store(admin_code(state), Ordering::Relaxed);
+        self.refresh_drain();
+    }
+
+    fn set_file_state(&self, s: AdminState) {
+        let code = admin_code(Some(s));
+        self.file_state.store(code, Ordering::Relaxed);
+        if self.admin.load(Ordering::Relaxed) != 0
+            && self.admin_file_state.load(Ordering::Relaxed) != code
+        {
+            // The operator edited this backend's state in the file: the file wins now.
+            self.admin.store(0, Ordering::Relaxed);
+        }
+        self.refresh_drain();
+    }
+
+    /// Health checker: a verdict after rise/fall.
+    pub fn set_active_verdict(&self, healthy: bool) {
+        self.active
+            .store(if healthy { HEALTHY } else { UNHEALTHY }, Ordering::Relaxed);
+    }
+
+    fn set_active_checks(&self, on: bool) {
+        let was = self.checked.swap(on, Ordering::Relaxed);
+        if was && !on {
+            // Checks turned off: nothing says it is down any more.
+            self.active.store(HEALTHY, Ordering::Relaxed);
+        }
+    }
+
+    /// Passive health: a connect error or connect timeout. After `max_fails` in a row the
+    /// backend is down for `fail_timeout`, then tried again. Returns true when this failure
+    /// marked it down.
+    pub fn note_connect_failure(&self, max_fails: u32, fail_timeout: Duration) -> bool {
+        if max_fails == 0 {
+            return false;
+        }
+        let n = self.passive_fails.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= max_fails {
+            self.passive_fails.store(0, Ordering::Relaxed);
+            self.passive_down_until
+                .store(now_ms() + fail_timeout.as_millis() as u64, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+
+    pub fn note_connect_success(&self) {
+        if self.passive_fails.load(Ordering::Relaxed) != 0 {
+            self.passive_fails.store(0, Ordering::Relaxed);
         }
     }
 
@@ -72,12 +332,17 @@ impl BackendShared {
     }
 }
 
-/// Pool-wide counters used by bounded loads and least-in-flight placement.
+/// Pool-wide counters used by bounded loads, least-in-flight placement and metrics.
 #[derive(Debug, Default)]
 pub struct PoolShared {
     pub in_flight: AtomicU64,
     /// Rotating start for least-in-flight ties.
     pub rotor: AtomicUsize,
+    /// affinity_total by outcome: hit, new, moved.
+    pub affinity: [AtomicU64; 3],
+    pub retries: AtomicU64,
+    /// Requests answered 503 because no backend could take them.
+    pub no_backend: AtomicU64,
 }
 
 #[derive(Hash, PartialEq, Eq, Clone)]
@@ -87,22 +352,12 @@ struct BackendKey {
     address: String,
 }
 
-/// All long-lived state. Locked only while a snapshot is built, never per request: the
-/// snapshot holds `Arc`s to the entries it uses.
+/// All long-lived state. Locked only while a snapshot is built or the admin API looks a
+/// backend up, never per request: the snapshot holds `Arc`s to the entries it uses.
+#[derive(Default)]
 pub struct Registry {
-    epoch: Instant,
     backends: Mutex<HashMap<BackendKey, Arc<BackendShared>, ahash::RandomState>>,
     pools: Mutex<HashMap<String, Arc<PoolShared>, ahash::RandomState>>,
-}
-
-impl Default for Registry {
-    fn default() -> Self {
-        Registry {
-            epoch: Instant::now(),
-            backends: Mutex::default(),
-            pools: Mutex::default(),
-        }
-    }
 }
 
 /// A backend as the snapshot builder names it.
@@ -110,19 +365,14 @@ pub struct BackendIdentity<'a> {
     pub pool: &'a str,
     pub id: &'a str,
     pub address: &'a str,
-    pub draining: bool,
+    pub file_state: AdminState,
+    pub active_checks: bool,
 }
 
 impl Registry {
-    /// Milliseconds since this registry was created (monotonic).
-    pub fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
-    }
-
     /// The shared state of each backend in the new config (existing entries reused, new ones
     /// created), and the state of backends no longer configured dropped.
     pub fn sync(&self, wanted: &[BackendIdentity<'_>]) -> Vec<Arc<BackendShared>> {
-        let now = self.now_ms();
         // A poisoned lock only means another builder panicked; the map itself is still valid.
         let mut map = self.backends.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = Vec::with_capacity(wanted.len());
@@ -135,9 +385,10 @@ impl Registry {
             };
             let shared = map
                 .entry(key.clone())
-                .or_insert_with(|| Arc::new(BackendShared::new()))
+                .or_insert_with(|| Arc::new(BackendShared::new(w.active_checks)))
                 .clone();
-            shared.set_draining(w.draining, now);
+            shared.set_file_state(w.file_state);
+            shared.set_active_checks(w.active_checks);
             keep.insert(key);
             out.push(shared);
         }
@@ -151,24 +402,17 @@ impl Registry {
     }
 }
 
-/// Wall-clock Unix time in milliseconds (0 if the clock is before 1970).
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn ident<'a>(id: &'a str, address: &'a str, draining: bool) -> BackendIdentity<'a> {
+    fn ident<'a>(id: &'a str, address: &'a str, file_state: AdminState) -> BackendIdentity<'a> {
         BackendIdentity {
             pool: "p",
             id,
             address,
-            draining,
+            file_state,
+            active_checks: false,
         }
     }
 
@@ -176,30 +420,84 @@ mod tests {
     fn state_survives_resync_by_identity_and_is_dropped_when_removed() {
         let r = Registry::default();
         let first = r.sync(&[
-            ident("a", "127.0.0.1:1", false),
-            ident("b", "127.0.0.1:2", false),
+            ident("a", "127.0.0.1:1", AdminState::Active),
+            ident("b", "127.0.0.1:2", AdminState::Active),
         ]);
         first[0].requests.store(5, Ordering::Relaxed);
-        let second = r.sync(&[ident("a", "127.0.0.1:1", false)]);
+        let second = r.sync(&[ident("a", "127.0.0.1:1", AdminState::Active)]);
         assert!(Arc::ptr_eq(&first[0], &second[0]));
         assert_eq!(second[0].requests.load(Ordering::Relaxed), 5);
         // b was removed, so coming back it starts fresh.
-        let third = r.sync(&[ident("b", "127.0.0.1:2", false)]);
+        let third = r.sync(&[ident("b", "127.0.0.1:2", AdminState::Active)]);
         assert!(!Arc::ptr_eq(&first[1], &third[0]));
         // Same id at a new address is a different backend.
-        let moved = r.sync(&[ident("b", "127.0.0.1:3", false)]);
+        let moved = r.sync(&[ident("b", "127.0.0.1:3", AdminState::Active)]);
         assert!(!Arc::ptr_eq(&third[0], &moved[0]));
     }
 
     #[test]
     fn drain_start_is_kept_while_draining() {
         let r = Registry::default();
-        let s = r.sync(&[ident("a", "x:1", true)]);
+        let s = r.sync(&[ident("a", "x:1", AdminState::Drain)]);
         let t0 = s[0].drain_started_ms().expect("draining");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-        let s = r.sync(&[ident("a", "x:1", true)]);
+        std::thread::sleep(Duration::from_millis(5));
+        let s = r.sync(&[ident("a", "x:1", AdminState::Drain)]);
         assert_eq!(s[0].drain_started_ms(), Some(t0));
-        let s = r.sync(&[ident("a", "x:1", false)]);
+        let s = r.sync(&[ident("a", "x:1", AdminState::Active)]);
         assert_eq!(s[0].drain_started_ms(), None);
+    }
+
+    #[test]
+    fn admin_override_survives_reloads_until_the_file_changes_that_backend() {
+        let r = Registry::default();
+        let s = r.sync(&[ident("a", "x:1", AdminState::Active)]);
+        s[0].set_admin(Some(AdminState::Disabled));
+        assert_eq!(s[0].state(), State::Disabled);
+        // An unrelated reload keeps the override.
+        let s = r.sync(&[ident("a", "x:1", AdminState::Active)]);
+        assert_eq!(s[0].state(), State::Disabled);
+        // The file now says drain: the file wins.
+        let s = r.sync(&[ident("a", "x:1", AdminState::Drain)]);
+        assert_eq!(s[0].state(), State::Draining);
+    }
+
+    #[test]
+    fn down_wins_over_draining_and_disabled_over_everything() {
+        let s = BackendShared::new(true);
+        assert_eq!(s.state(), State::Down, "unchecked backends take nothing new");
+        s.set_active_verdict(true);
+        s.set_admin(Some(AdminState::Drain));
+        assert_eq!(s.state(), State::Draining);
+        s.set_active_verdict(false);
+        assert_eq!(s.state(), State::Down);
+        s.set_admin(Some(AdminState::Disabled));
+        assert_eq!(s.state(), State::Disabled);
+    }
+
+    #[test]
+    fn passive_failures_mark_down_for_fail_timeout() {
+        let s = BackendShared::new(false);
+        assert!(!s.note_connect_failure(2, Duration::from_millis(50)));
+        s.note_connect_success();
+        assert!(!s.note_connect_failure(2, Duration::from_millis(50)));
+        assert!(s.note_connect_failure(2, Duration::from_millis(50)));
+        assert_eq!(s.state(), State::Down);
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(s.state(), State::Up, "tried again after fail_timeout");
+    }
+
+    #[test]
+    fn status_codes_and_durations_are_counted() {
+        let st = BackendStats::default();
+        st.count_status(200);
+        st.count_status(200);
+        st.count_status(503);
+        st.count_status(42); // ignored, never panics
+        assert_eq!(st.statuses().collect::<Vec<_>>(), vec![(200, 2), (503, 1)]);
+        st.observe(Duration::from_millis(3));
+        st.observe(Duration::from_secs(60));
+        let (_, count, buckets) = st.durations();
+        assert_eq!(count, 2);
+        assert_eq!(buckets.last().unwrap().1, 1, "+Inf bucket");
     }
 }

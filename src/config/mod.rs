@@ -21,6 +21,8 @@ pub const MAGLEV_SLOTS_PER_BACKEND: u64 = 1300;
 pub struct Config {
     pub listen: Listen,
     pub proxy: ProxySettings,
+    pub admin: Option<AdminConfig>,
+    pub log: LogConfig,
     pub routes: Vec<Route>,
     /// Pools in file order; names are unique.
     pub pools: Vec<PoolConfig>,
@@ -54,6 +56,77 @@ impl Default for ProxySettings {
             retries: 1,
             trusted_proxies: Vec::new(),
             shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[admin]`: the admin API listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// When set, POST endpoints need `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLog {
+    Off,
+    Combined,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogConfig {
+    pub access: AccessLog,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            access: AccessLog::Combined,
+        }
+    }
+}
+
+/// `[pools.NAME.health]`: active checks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    /// HTTP GET path; `None` = TCP connect check.
+    pub path: Option<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    /// Inclusive range of healthy status codes.
+    pub expect: (u16, u16),
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            path: None,
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+            expect: (200, 399),
+        }
+    }
+}
+
+/// `[pools.NAME.passive]`: connect failures seen by real traffic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PassiveConfig {
+    /// Consecutive connect errors/timeouts that mark a backend down; 0 = off.
+    pub max_fails: u32,
+    pub fail_timeout: Duration,
+}
+
+impl Default for PassiveConfig {
+    fn default() -> Self {
+        PassiveConfig {
+            max_fails: 3,
+            fail_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -123,6 +196,9 @@ pub struct PoolConfig {
     pub header: Option<HeaderName>,
     /// For `affinity = "cookie"` (defaults filled in).
     pub cookie: Option<CookieConfig>,
+    /// Active checks; `None` = none (backends are up unless passive checks say otherwise).
+    pub health: Option<HealthConfig>,
+    pub passive: PassiveConfig,
     pub backends: Vec<BackendConfig>,
 }
 

@@ -14,14 +14,8 @@ use super::*;
 
 /// Keys of PRODUCT.md that this version does not implement yet, per section: a clear
 /// error instead of "unknown key", and never silently ignored.
-const ROOT_NOT_YET: &[(&str, &str)] = &[
-    ("tls", "TLS termination"),
-    ("log", "the access log"),
-    ("admin", "the admin API"),
-];
+const ROOT_NOT_YET: &[(&str, &str)] = &[("tls", "TLS termination")];
 const POOL_NOT_YET: &[(&str, &str)] = &[
-    ("health", "active health checks"),
-    ("passive", "passive health checks"),
     ("route", "route (jvmRoute) affinity"),
     ("learn", "learn affinity"),
 ];
@@ -41,12 +35,14 @@ pub(super) fn parse(text: &str, file: &str) -> Result<Config, Vec<Diagnostic>> {
         &mut r,
         root,
         "",
-        &["listen", "proxy", "routes", "pools"],
+        &["listen", "proxy", "admin", "log", "routes", "pools"],
         ROOT_NOT_YET,
     );
 
     let listen = read_listen(&mut r, root);
     let proxy = read_proxy(&mut r, root);
+    let admin = read_admin(&mut r, root);
+    let log = read_log(&mut r, root);
     let pools = read_pools(&mut r, root);
     let routes = read_routes(&mut r, root, &pools);
 
@@ -55,6 +51,8 @@ pub(super) fn parse(text: &str, file: &str) -> Result<Config, Vec<Diagnostic>> {
         Ok(Config {
             listen,
             proxy,
+            admin,
+            log,
             routes,
             pools,
         })
@@ -109,6 +107,120 @@ fn read_listen(r: &mut Reader, root: &dyn TableLike) -> Listen {
         }
     }
     listen
+}
+
+fn read_admin(r: &mut Reader, root: &dyn TableLike) -> Option<AdminConfig> {
+    let t = r.table(root, "", "admin")?;
+    check_keys(r, t, "admin", &["listen", "token"], &[]);
+    let listen = r.opt(t, "admin", "listen", |v| {
+        as_str(v).and_then(|s| {
+            s.parse::<SocketAddr>()
+                .map_err(|_| format!("{s:?} is not an address like \"127.0.0.1:9090\""))
+        })
+    });
+    let token = r.opt(t, "admin", "token", |v| {
+        as_str(v).and_then(|s| {
+            if s.len() >= 8 && s.bytes().all(|b| b.is_ascii_graphic()) {
+                Ok(s)
+            } else {
+                Err("must be at least 8 printable characters without spaces".to_string())
+            }
+        })
+    });
+    if listen.is_none() && t.get("listen").is_none() {
+        r.error_at(Reader::span_of(root, "admin"), "admin.listen", "missing key `listen`");
+    }
+    Some(AdminConfig {
+        listen: listen?,
+        token,
+    })
+}
+
+fn read_log(r: &mut Reader, root: &dyn TableLike) -> LogConfig {
+    let mut log = LogConfig::default();
+    if let Some(t) = r.table(root, "", "log") {
+        check_keys(r, t, "log", &["access"], &[]);
+        if let Some(a) = r.opt(t, "log", "access", |v| {
+            as_choice(
+                v,
+                &[
+                    ("off", AccessLog::Off),
+                    ("combined", AccessLog::Combined),
+                    ("json", AccessLog::Json),
+                ],
+            )
+        }) {
+            log.access = a;
+        }
+    }
+    log
+}
+
+fn read_health(r: &mut Reader, t: &dyn TableLike, path: &str) -> HealthConfig {
+    check_keys(
+        r,
+        t,
+        path,
+        &["path", "interval", "timeout", "rise", "fall", "expect"],
+        &[],
+    );
+    let mut h = HealthConfig::default();
+    h.path = r.opt(t, path, "path", |v| {
+        as_str(v).and_then(|s| {
+            if s.starts_with('/') && s.parse::<http::Uri>().is_ok() {
+                Ok(s)
+            } else {
+                Err(format!("{s:?} is not a path starting with '/'"))
+            }
+        })
+    });
+    for (key, slot) in [("interval", &mut h.interval), ("timeout", &mut h.timeout)] {
+        if let Some(d) = r.opt(t, path, key, as_duration) {
+            if d < std::time::Duration::from_millis(10) {
+                r.error_at(Reader::span_of(t, key), &join(path, key), "must be at least 10ms");
+            }
+            *slot = d;
+        }
+    }
+    if let Some(n) = r.opt(t, path, "rise", |v| as_int(v, 1, 100)) {
+        h.rise = n as u32;
+    }
+    if let Some(n) = r.opt(t, path, "fall", |v| as_int(v, 1, 100)) {
+        h.fall = n as u32;
+    }
+    if let Some(e) = r.opt(t, path, "expect", |v| as_str(v).and_then(|s| parse_status_range(&s))) {
+        h.expect = e;
+    }
+    h
+}
+
+/// `"200-399"` or `"200"`.
+fn parse_status_range(s: &str) -> Result<(u16, u16), String> {
+    let err = || format!("{s:?} is not a status code or range like \"200-399\"");
+    let code = |x: &str| x.trim().parse::<u16>().ok().filter(|c| (100..=599).contains(c));
+    let (lo, hi) = match s.split_once('-') {
+        Some((a, b)) => (code(a).ok_or_else(err)?, code(b).ok_or_else(err)?),
+        None => {
+            let c = code(s).ok_or_else(err)?;
+            (c, c)
+        }
+    };
+    if lo > hi {
+        return Err(err());
+    }
+    Ok((lo, hi))
+}
+
+fn read_passive(r: &mut Reader, t: &dyn TableLike, path: &str) -> PassiveConfig {
+    check_keys(r, t, path, &["max_fails", "fail_timeout"], &[]);
+    let mut p = PassiveConfig::default();
+    if let Some(n) = r.opt(t, path, "max_fails", |v| as_int(v, 0, 1000)) {
+        p.max_fails = n as u32;
+    }
+    if let Some(d) = r.opt(t, path, "fail_timeout", as_duration) {
+        p.fail_timeout = d;
+    }
+    p
 }
 
 fn read_proxy(r: &mut Reader, root: &dyn TableLike) -> ProxySettings {
@@ -289,6 +401,8 @@ fn read_pool(r: &mut Reader, t: &dyn TableLike, name: &str, path: &str) -> Optio
             "drain_timeout",
             "header",
             "cookie",
+            "health",
+            "passive",
             "backends",
         ],
         POOL_NOT_YET,
@@ -385,6 +499,13 @@ fn read_pool(r: &mut Reader, t: &dyn TableLike, name: &str, path: &str) -> Optio
         Affinity::Cookie => Some(cookie.unwrap_or_default()),
         _ => None,
     };
+    let health = r
+        .table(t, path, "health")
+        .map(|h| read_health(r, h, &join(path, "health")));
+    let passive = r
+        .table(t, path, "passive")
+        .map(|p| read_passive(r, p, &join(path, "passive")))
+        .unwrap_or_default();
     let backends = read_backends(r, t, path);
     if backends.len() as u64 > u64::from(table_size) {
         r.error_at(
@@ -402,6 +523,8 @@ fn read_pool(r: &mut Reader, t: &dyn TableLike, name: &str, path: &str) -> Optio
         drain_timeout,
         header,
         cookie,
+        health,
+        passive,
         backends,
     })
 }

@@ -10,17 +10,19 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
+use crate::access_log::Record;
 use crate::affinity::{self, client_ip, cookie, Decision, RequestKeys};
-use crate::config::Affinity;
-use crate::runtime::{App, Pool, Snapshot};
-use body::ProxyBody;
+use crate::app::App;
+use crate::config::{AccessLog, Affinity};
+use crate::runtime::{Pool, Snapshot};
+use body::{Finish, ProxyBody};
 use error::ProxyError;
 use upstream::{InFlight, Target, UpstreamBody, UpstreamError};
 
@@ -31,27 +33,84 @@ pub struct ConnInfo {
     pub tls: bool,
 }
 
+/// Where a request went, filled in as `proxy` learns it; counted and logged by `handle`.
+#[derive(Default)]
+struct Trace {
+    pool: Option<usize>,
+    backend: Option<usize>,
+    affinity: Option<affinity::Outcome>,
+    client: Option<std::net::IpAddr>,
+}
+
 /// Serves one request; never fails (errors become responses).
-pub async fn handle(
-    app: Arc<App>,
-    conn: ConnInfo,
-    req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
+pub async fn handle(app: Arc<App>, conn: ConnInfo, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+    let start = Instant::now();
     // One snapshot for the whole request, whatever reloads happen meanwhile.
     let snap = app.snapshot();
-    match proxy(&snap, conn, req).await {
-        Ok(res) => Ok(res),
+    let format = snap.config.log.access;
+    let log = (format != AccessLog::Off).then(|| {
+        Box::new(Record {
+            format,
+            client: conn.peer.ip().to_canonical(),
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            referer: req.headers().get(header::REFERER).cloned(),
+            user_agent: req.headers().get(header::USER_AGENT).cloned(),
+            status: 0,
+            pool: None,
+            backend: None,
+            affinity: None,
+        })
+    });
+    let mut trace = Trace::default();
+    let mut res = match proxy(&snap, conn, req, &mut trace).await {
+        Ok(res) => res,
         Err(e) => {
             tracing::debug!(error = %e, client = %conn.peer, "answered by the proxy");
-            Ok(e.into_response())
+            e.into_response()
+        }
+    };
+    let status = res.status().as_u16();
+    let pool = trace.pool.map(|p| &snap.pools[p]);
+    let backend = trace.backend.and_then(|b| pool.map(|p| &p.backends[b]));
+    match (pool, backend) {
+        (_, Some(b)) => b.shared.stats.count_status(status),
+        (Some(p), None) => {
+            p.shared.no_backend.fetch_add(1, Ordering::Relaxed);
+        }
+        (None, None) => {
+            app.unrouted.fetch_add(1, Ordering::Relaxed);
         }
     }
+    if let (Some(p), Some(o)) = (pool, trace.affinity) {
+        p.shared.affinity[o as usize].fetch_add(1, Ordering::Relaxed);
+    }
+    let log = log.map(|mut r| {
+        r.status = status;
+        r.client = trace.client.unwrap_or(r.client);
+        r.pool = pool.map(|p| p.name.clone());
+        r.backend = backend.map(|b| b.id.clone());
+        r.affinity = trace.affinity.map(affinity::Outcome::as_str);
+        r
+    });
+    if log.is_some() || backend.is_some() {
+        res.body_mut().set_finish(Finish {
+            start,
+            backend: backend.map(|b| b.shared.clone()),
+            log,
+            app: app.clone(),
+            bytes: 0,
+        });
+    }
+    Ok(res)
 }
 
 async fn proxy(
     snap: &Snapshot,
     conn: ConnInfo,
     mut req: Request<Incoming>,
+    trace: &mut Trace,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let host = request_host(&req);
     let pool_index = snap
@@ -60,6 +119,7 @@ async fn proxy(
             req.uri().path(),
         )
         .ok_or(ProxyError::NoRoute)?;
+    trace.pool = Some(pool_index);
     let pool = &snap.pools[pool_index];
     let settings = &snap.config.proxy;
 
@@ -81,6 +141,7 @@ async fn proxy(
             name,
         )
     });
+    trace.client = Some(client);
     let keys = RequestKeys {
         client_ip: client,
         cookie: cookie_value,
@@ -92,6 +153,7 @@ async fn proxy(
         now: unix_now(),
     };
     let (mut decision, _) = affinity::decide(pool, &keys).ok_or(ProxyError::NoBackend)?;
+    trace.affinity = Some(decision.outcome);
     if let (Some(name), true) = (cookie_name, cookie_value.is_some()) {
         strip_own_cookie(&mut req, name);
     }
@@ -108,18 +170,29 @@ async fn proxy(
         let in_flight = InFlight::new(b.shared.clone(), pool.shared.clone());
         let target = target(pool, decision.backend, settings.connect_timeout);
         match upstream::checkout(&target).await {
-            Ok(sender) => break (decision.backend, sender, in_flight),
+            Ok(sender) => {
+                b.shared.note_connect_success();
+                break (decision.backend, sender, in_flight);
+            }
             Err(e) => {
                 tracing::warn!(pool = %pool.name, backend = %b.id, error = %e, "backend connect failed");
+                b.shared.stats.count_error(e.kind());
+                if b.shared.note_connect_failure(pool.passive.max_fails, pool.passive.fail_timeout) {
+                    tracing::warn!(pool = %pool.name, backend = %b.id, "passive check: backend is down for fail_timeout");
+                }
                 tried.push(decision.backend);
+                trace.backend = Some(decision.backend);
                 if tried.len() > settings.retries as usize
                     || affinity::retry(pool, &mut decision, &tried).is_none()
                 {
                     return Err(e.into());
                 }
+                pool.shared.retries.fetch_add(1, Ordering::Relaxed);
             }
         }
     };
+    trace.backend = Some(backend_index);
+    trace.affinity = Some(decision.outcome);
     let backend = &pool.backends[backend_index];
     if decision.pinned_to_draining {
         backend.shared.note_pinned_while_draining();
@@ -130,6 +203,7 @@ async fn proxy(
     let (res, sender) = upstream::send(&target, sender, req, settings.response_timeout)
         .await
         .inspect_err(|e| {
+            backend.shared.stats.count_error(e.kind());
             tracing::warn!(pool = %pool.name, backend = %backend.id, error = %e, "backend request failed");
         })?;
     let (mut parts, incoming) = res.into_parts();
@@ -151,7 +225,7 @@ async fn proxy(
     headers::remove_hop_by_hop(&mut parts.headers, false);
     add_cookie(pool, &decision, conn, &mut parts.headers);
     let body = UpstreamBody::new(incoming, Some(sender), backend.shared.clone(), in_flight);
-    Ok(Response::from_parts(parts, ProxyBody::Upstream(body)))
+    Ok(Response::from_parts(parts, ProxyBody::upstream(body)))
 }
 
 fn target(pool: &Pool, i: usize, connect_timeout: std::time::Duration) -> Target<'_> {

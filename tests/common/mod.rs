@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
 
 use tether::config::Config;
-use tether::runtime::App;
+use tether::app::App;
 
 pub type Body = BoxBody<Bytes, Infallible>;
 
@@ -260,7 +260,7 @@ impl Proxy {
             .unwrap_or_else(|e| panic!("bad test config: {e}\n{config_text}"));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = App::new(config);
+        let app = App::new(config, None);
         let (tx, rx) = oneshot::channel::<()>();
         let done = tokio::spawn(tether::server::serve(app.clone(), vec![listener], async {
             let _ = rx.await;

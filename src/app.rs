@@ -1,0 +1,99 @@
+//! Process-wide state: the current snapshot (one `ArcSwap`), the long-lived registry, the
+//! health checker, the access logger, and what `/status` says about the config.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+
+use crate::access_log::AccessLogger;
+use crate::config::Config;
+use crate::health::Checker;
+use crate::runtime::Snapshot;
+use crate::state::Registry;
+
+/// Facts about the loaded config for `/status`.
+#[derive(Debug, Clone)]
+pub struct ConfigMeta {
+    pub path: Option<PathBuf>,
+    pub loaded_at: SystemTime,
+    /// 1 for the first config, +1 for every successful load after it.
+    pub generation: u64,
+    pub last_reload_error: Option<String>,
+}
+
+pub struct App {
+    snapshot: ArcSwap<Snapshot>,
+    pub registry: Arc<Registry>,
+    pub health: Checker,
+    pub access_log: AccessLogger,
+    /// Read by the admin API, written on (re)load; never touched per request.
+    pub meta: Mutex<ConfigMeta>,
+    /// Requests no route matched (404).
+    pub unrouted: AtomicU64,
+    pub reloads_ok: AtomicU64,
+    pub reloads_failed: AtomicU64,
+    /// Open client connections per listener address.
+    pub connections: Mutex<Vec<(String, Arc<AtomicU64>)>>,
+}
+
+impl App {
+    /// Builds the first snapshot and starts health checks and the access log writer. Must
+    /// run inside a tokio runtime.
+    pub fn new(config: Config, path: Option<PathBuf>) -> Arc<App> {
+        let registry = Arc::new(Registry::default());
+        let snap = Snapshot::build(Arc::new(config), &registry);
+        let app = App {
+            health: Checker::default(),
+            access_log: AccessLogger::stdout(),
+            snapshot: ArcSwap::from_pointee(snap),
+            registry,
+            meta: Mutex::new(ConfigMeta {
+                path,
+                loaded_at: SystemTime::now(),
+                generation: 1,
+                last_reload_error: None,
+            }),
+            unrouted: AtomicU64::new(0),
+            reloads_ok: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
+            connections: Mutex::new(Vec::new()),
+        };
+        app.health.reconcile(&app.snapshot());
+        Arc::new(app)
+    }
+
+    /// The current snapshot; hold it for the whole request.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Builds a snapshot of `config` (keeping long-lived state by identity), swaps it in and
+    /// brings health checks in line with it.
+    pub fn install(&self, config: Config) {
+        let snap = Arc::new(Snapshot::build(Arc::new(config), &self.registry));
+        self.snapshot.store(snap.clone());
+        self.health.reconcile(&snap);
+        let mut meta = self.meta();
+        meta.generation += 1;
+        meta.loaded_at = SystemTime::now();
+        meta.last_reload_error = None;
+    }
+
+    pub fn meta(&self) -> std::sync::MutexGuard<'_, ConfigMeta> {
+        self.meta.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The open-connections gauge of a listener, registered on first use.
+    pub fn listener_gauge(&self, listener: &str) -> Arc<AtomicU64> {
+        let mut l = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, g)) = l.iter().find(|(name, _)| name == listener) {
+            return g.clone();
+        }
+        let g = Arc::new(AtomicU64::new(0));
+        l.push((listener.to_string(), g.clone()));
+        g
+    }
+}
