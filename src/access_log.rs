@@ -127,10 +127,15 @@ pub fn json(r: &Record, bytes: u64, duration: Duration, now: SystemTime) -> Stri
 
 /// `22/Nov/2026:15:04:05 +0000` in UTC.
 fn clf_time(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let (days, rem) = (secs / 86400, secs % 86400);
     let (y, m, d) = civil_from_days(days as i64);
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
     format!(
         "{d:02}/{}/{y}:{:02}:{:02}:{:02} +0000",
         MONTHS[(m - 1) as usize],
@@ -163,7 +168,9 @@ mod tests {
             format,
             client: "203.0.113.9".parse().unwrap(),
             method: Method::GET,
-            uri: "/cart?x=\"1\"".parse().unwrap_or_else(|_| Uri::from_static("/cart")),
+            uri: "/cart?x=\"1\""
+                .parse()
+                .unwrap_or_else(|_| Uri::from_static("/cart")),
             version: Version::HTTP_11,
             referer: None,
             user_agent: Some(HeaderValue::from_static("curl/8.0")),
@@ -177,7 +184,12 @@ mod tests {
     #[test]
     fn combined_line_has_every_field() {
         let t = UNIX_EPOCH + Duration::from_secs(1_795_359_845); // 2026-11-22T15:04:05Z
-        let line = combined(&record(AccessLog::Combined), 12, Duration::from_millis(2), t);
+        let line = combined(
+            &record(AccessLog::Combined),
+            12,
+            Duration::from_millis(2),
+            t,
+        );
         assert_eq!(
             line,
             "203.0.113.9 - - [22/Nov/2026:15:04:05 +0000] \"GET /cart HTTP/1.1\" 200 12 \"-\" \"curl/8.0\" 0.002 pool=shop backend=app1 affinity=hit\n"
@@ -186,7 +198,12 @@ mod tests {
 
     #[test]
     fn json_line_parses() {
-        let line = json(&record(AccessLog::Json), 12, Duration::from_millis(2), UNIX_EPOCH);
+        let line = json(
+            &record(AccessLog::Json),
+            12,
+            Duration::from_millis(2),
+            UNIX_EPOCH,
+        );
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["status"], 200);
         assert_eq!(v["affinity"], "hit");

@@ -19,7 +19,11 @@ use crate::app::App;
 use crate::config::AdminState;
 
 /// Serves the admin API until `shutdown` completes.
-pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl std::future::Future<Output = ()>) {
+pub async fn serve(
+    app: Arc<App>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -44,11 +48,17 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl std::fut
     }
 }
 
-fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+fn reply(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
     r
 }
 
@@ -79,7 +89,12 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Response<Full<Bytes>> 
                 "drain" => Some(AdminState::Drain),
                 "disable" => Some(AdminState::Disabled),
                 "enable" => None,
-                _ => return error(StatusCode::NOT_FOUND, "unknown action (drain, enable, disable)"),
+                _ => {
+                    return error(
+                        StatusCode::NOT_FOUND,
+                        "unknown action (drain, enable, disable)",
+                    )
+                }
             };
             set_state(app, pool, id, state)
         }
@@ -119,8 +134,14 @@ fn set_state(app: &App, pool: &str, id: &str, state: Option<AdminState>) -> Resp
     let Some(b) = p.backends.iter().find(|b| &*b.id == id) else {
         return error(StatusCode::NOT_FOUND, "no such backend in this pool");
     };
-    b.shared.set_admin(Some(state.unwrap_or(AdminState::Active)));
-    tracing::info!(pool, backend = id, state = b.shared.state().as_str(), "admin API changed backend state");
+    b.shared
+        .set_admin(Some(state.unwrap_or(AdminState::Active)));
+    tracing::info!(
+        pool,
+        backend = id,
+        state = b.shared.state().as_str(),
+        "admin API changed backend state"
+    );
     json_reply(
         StatusCode::OK,
         json!({ "pool": pool, "backend": id, "state": b.shared.state().as_str() }),
@@ -191,7 +212,12 @@ pub enum CtlError {
 }
 
 /// One request to the admin API; returns the body of a 2xx answer.
-pub async fn call(base: &str, method: Method, path: &str, token: Option<&str>) -> Result<String, CtlError> {
+pub async fn call(
+    base: &str,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+) -> Result<String, CtlError> {
     let uri: http::Uri = base.parse().map_err(|_| CtlError::Url(base.to_string()))?;
     let authority = uri
         .authority()

@@ -111,7 +111,12 @@ pub fn first_verdict_limit(snap: &Snapshot) -> Duration {
         .unwrap_or(Duration::ZERO)
 }
 
-async fn run(address: String, addr: Option<SocketAddr>, cfg: HealthConfig, shared: Arc<BackendShared>) {
+async fn run(
+    address: String,
+    addr: Option<SocketAddr>,
+    cfg: HealthConfig,
+    shared: Arc<BackendShared>,
+) {
     let (mut oks, mut fails) = (0u32, 0u32);
     loop {
         let ok = probe(&address, addr, &cfg).await;
@@ -122,7 +127,9 @@ async fn run(address: String, addr: Option<SocketAddr>, cfg: HealthConfig, share
             fails += 1;
             oks = 0;
         }
-        let verdict = shared.has_verdict().then(|| shared.state_is_actively_healthy());
+        let verdict = shared
+            .has_verdict()
+            .then(|| shared.state_is_actively_healthy());
         if ok && oks >= cfg.rise && verdict != Some(true) {
             shared.set_active_verdict(true);
             tracing::info!(backend = %address, "health check: backend is up");
@@ -165,7 +172,10 @@ async fn probe(address: &str, addr: Option<SocketAddr>, cfg: &HealthConfig) -> b
         let code = parse_status(&buf[..n])?;
         Some((cfg.expect.0..=cfg.expect.1).contains(&code))
     };
-    matches!(tokio::time::timeout(cfg.timeout, attempt).await, Ok(Some(true)))
+    matches!(
+        tokio::time::timeout(cfg.timeout, attempt).await,
+        Ok(Some(true))
+    )
 }
 
 /// The status code of an `HTTP/1.x NNN` status line.

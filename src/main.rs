@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use tether::config::{Config, ConfigError};
 use tether::app::App;
+use tether::config::{Config, ConfigError};
 use tether::{admin, demo, explain, health, server};
 
 #[derive(Parser)]

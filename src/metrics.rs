@@ -40,7 +40,12 @@ impl std::fmt::Debug for Collector {
 
 type Labels<'a> = Vec<(&'static str, std::borrow::Cow<'a, str>)>;
 
-fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, series: Vec<(Labels, u64)>) -> std::fmt::Result {
+fn counter(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: Vec<(Labels, u64)>,
+) -> std::fmt::Result {
     let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
     for (labels, v) in series {
         ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
@@ -48,7 +53,12 @@ fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, series: Vec<(Lab
     Ok(())
 }
 
-fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, series: Vec<(Labels, i64)>) -> std::fmt::Result {
+fn gauge(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: Vec<(Labels, i64)>,
+) -> std::fmt::Result {
     let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
     for (labels, v) in series {
         ConstGauge::new(v).encode(m.encode_family(&labels)?)?;
@@ -65,7 +75,10 @@ impl prometheus_client::collector::Collector for Collector {
                 .flat_map(|p| p.backends.iter().map(move |b| (p, b)))
         };
         let pb = |p: &crate::runtime::Pool, b: &crate::runtime::Backend| -> Labels<'static> {
-            vec![("pool", p.name.to_string().into()), ("backend", b.id.to_string().into())]
+            vec![
+                ("pool", p.name.to_string().into()),
+                ("backend", b.id.to_string().into()),
+            ]
         };
 
         // requests_total: per backend and status; requests no backend took count with backend="".
@@ -80,14 +93,33 @@ impl prometheus_client::collector::Collector for Collector {
         for p in &snap.pools {
             let n = p.shared.no_backend.load(Ordering::Relaxed);
             if n > 0 {
-                req.push((vec![("pool", p.name.to_string().into()), ("backend", "".into()), ("code", "503".into())], n));
+                req.push((
+                    vec![
+                        ("pool", p.name.to_string().into()),
+                        ("backend", "".into()),
+                        ("code", "503".into()),
+                    ],
+                    n,
+                ));
             }
         }
         let unrouted = self.app.unrouted.load(Ordering::Relaxed);
         if unrouted > 0 {
-            req.push((vec![("pool", "".into()), ("backend", "".into()), ("code", "404".into())], unrouted));
+            req.push((
+                vec![
+                    ("pool", "".into()),
+                    ("backend", "".into()),
+                    ("code", "404".into()),
+                ],
+                unrouted,
+            ));
         }
-        counter(&mut enc, "requests", "Client requests by pool, backend and status code.", req)?;
+        counter(
+            &mut enc,
+            "requests",
+            "Client requests by pool, backend and status code.",
+            req,
+        )?;
 
         {
             let mut m = enc.encode_descriptor(
@@ -99,7 +131,9 @@ impl prometheus_client::collector::Collector for Collector {
             for (p, b) in backends() {
                 let (sum, count, buckets) = b.shared.stats.durations();
                 m.encode_family(&pb(p, b))?
-                    .encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)?;
+                    .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                        sum, count, &buckets, None,
+                    )?;
             }
         }
 
@@ -107,7 +141,9 @@ impl prometheus_client::collector::Collector for Collector {
             &mut enc,
             "backend_up",
             "1 when health checks pass, whatever the admin state.",
-            backends().map(|(p, b)| (pb(p, b), i64::from(b.shared.healthy()))).collect(),
+            backends()
+                .map(|(p, b)| (pb(p, b), i64::from(b.shared.healthy())))
+                .collect(),
         )?;
         let mut states = Vec::new();
         for (p, b) in backends() {
@@ -118,16 +154,26 @@ impl prometheus_client::collector::Collector for Collector {
                 states.push((l, i64::from(s == now)));
             }
         }
-        gauge(&mut enc, "backend_state", "1 for the backend's current state.", states)?;
+        gauge(
+            &mut enc,
+            "backend_state",
+            "1 for the backend's current state.",
+            states,
+        )?;
         gauge(
             &mut enc,
             "backend_in_flight",
             "Requests in flight to the backend.",
-            backends().map(|(p, b)| (pb(p, b), b.shared.in_flight() as i64)).collect(),
+            backends()
+                .map(|(p, b)| (pb(p, b), b.shared.in_flight() as i64))
+                .collect(),
         )?;
         let mut pinned = Vec::new();
         for (p, b) in backends() {
-            pinned.push((pb(p, b), b.shared.pinned_while_draining.load(Ordering::Relaxed)));
+            pinned.push((
+                pb(p, b),
+                b.shared.pinned_while_draining.load(Ordering::Relaxed),
+            ));
         }
         counter(
             &mut enc,
@@ -140,12 +186,20 @@ impl prometheus_client::collector::Collector for Collector {
         for p in &snap.pools {
             for (i, outcome) in ["hit", "new", "moved"].iter().enumerate() {
                 aff.push((
-                    vec![("pool", p.name.to_string().into()), ("outcome", (*outcome).into())],
+                    vec![
+                        ("pool", p.name.to_string().into()),
+                        ("outcome", (*outcome).into()),
+                    ],
                     p.shared.affinity[i].load(Ordering::Relaxed),
                 ));
             }
         }
-        counter(&mut enc, "affinity", "Affinity outcomes of client requests.", aff)?;
+        counter(
+            &mut enc,
+            "affinity",
+            "Affinity outcomes of client requests.",
+            aff,
+        )?;
 
         let mut errs = Vec::new();
         for (p, b) in backends() {
@@ -157,14 +211,24 @@ impl prometheus_client::collector::Collector for Collector {
                 }
             }
         }
-        counter(&mut enc, "upstream_errors", "Backend failures by kind.", errs)?;
+        counter(
+            &mut enc,
+            "upstream_errors",
+            "Backend failures by kind.",
+            errs,
+        )?;
         counter(
             &mut enc,
             "retries",
             "Requests retried on another backend after a connect failure.",
             snap.pools
                 .iter()
-                .map(|p| (vec![("pool", p.name.to_string().into())], p.shared.retries.load(Ordering::Relaxed)))
+                .map(|p| {
+                    (
+                        vec![("pool", p.name.to_string().into())],
+                        p.shared.retries.load(Ordering::Relaxed),
+                    )
+                })
                 .collect(),
         )?;
         counter(
@@ -172,18 +236,34 @@ impl prometheus_client::collector::Collector for Collector {
             "config_reloads",
             "Config loads after the first, by result.",
             vec![
-                (vec![("result", "success".into())], self.app.reloads_ok.load(Ordering::Relaxed)),
-                (vec![("result", "error".into())], self.app.reloads_failed.load(Ordering::Relaxed)),
+                (
+                    vec![("result", "success".into())],
+                    self.app.reloads_ok.load(Ordering::Relaxed),
+                ),
+                (
+                    vec![("result", "error".into())],
+                    self.app.reloads_failed.load(Ordering::Relaxed),
+                ),
             ],
         )?;
-        let conns = self.app.connections.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let conns = self
+            .app
+            .connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         gauge(
             &mut enc,
             "connections_active",
             "Open client connections per listener.",
             conns
                 .iter()
-                .map(|(l, g)| (vec![("listener", l.clone().into())], g.load(Ordering::Relaxed) as i64))
+                .map(|(l, g)| {
+                    (
+                        vec![("listener", l.clone().into())],
+                        g.load(Ordering::Relaxed) as i64,
+                    )
+                })
                 .collect(),
         )?;
         Ok(())

@@ -13,9 +13,9 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
+use crate::app::App;
 use crate::config::ProxySettings;
 use crate::proxy::{self, ConnInfo};
-use crate::app::App;
 
 /// Binds every address in `[listen] http`.
 pub async fn bind(addrs: &[std::net::SocketAddr]) -> std::io::Result<Vec<TcpListener>> {

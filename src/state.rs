@@ -260,9 +260,12 @@ impl BackendShared {
 
     fn refresh_drain(&self) {
         if self.admin_state() == AdminState::Drain {
-            let _ = self
-                .drain_started
-                .compare_exchange(0, now_ms(), Ordering::Relaxed, Ordering::Relaxed);
+            let _ = self.drain_started.compare_exchange(
+                0,
+                now_ms(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
         } else {
             self.drain_started.store(0, Ordering::Relaxed);
         }
@@ -313,8 +316,10 @@ impl BackendShared {
         let n = self.passive_fails.fetch_add(1, Ordering::Relaxed) + 1;
         if n >= max_fails {
             self.passive_fails.store(0, Ordering::Relaxed);
-            self.passive_down_until
-                .store(now_ms() + fail_timeout.as_millis() as u64, Ordering::Relaxed);
+            self.passive_down_until.store(
+                now_ms() + fail_timeout.as_millis() as u64,
+                Ordering::Relaxed,
+            );
             return true;
         }
         false
@@ -464,7 +469,11 @@ mod tests {
     #[test]
     fn down_wins_over_draining_and_disabled_over_everything() {
         let s = BackendShared::new(true);
-        assert_eq!(s.state(), State::Down, "unchecked backends take nothing new");
+        assert_eq!(
+            s.state(),
+            State::Down,
+            "unchecked backends take nothing new"
+        );
         s.set_active_verdict(true);
         s.set_admin(Some(AdminState::Drain));
         assert_eq!(s.state(), State::Draining);

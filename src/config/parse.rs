@@ -128,7 +128,11 @@ fn read_admin(r: &mut Reader, root: &dyn TableLike) -> Option<AdminConfig> {
         })
     });
     if listen.is_none() && t.get("listen").is_none() {
-        r.error_at(Reader::span_of(root, "admin"), "admin.listen", "missing key `listen`");
+        r.error_at(
+            Reader::span_of(root, "admin"),
+            "admin.listen",
+            "missing key `listen`",
+        );
     }
     Some(AdminConfig {
         listen: listen?,
@@ -164,8 +168,7 @@ fn read_health(r: &mut Reader, t: &dyn TableLike, path: &str) -> HealthConfig {
         &["path", "interval", "timeout", "rise", "fall", "expect"],
         &[],
     );
-    let mut h = HealthConfig::default();
-    h.path = r.opt(t, path, "path", |v| {
+    let health_path = r.opt(t, path, "path", |v| {
         as_str(v).and_then(|s| {
             if s.starts_with('/') && s.parse::<http::Uri>().is_ok() {
                 Ok(s)
@@ -174,10 +177,18 @@ fn read_health(r: &mut Reader, t: &dyn TableLike, path: &str) -> HealthConfig {
             }
         })
     });
+    let mut h = HealthConfig {
+        path: health_path,
+        ..HealthConfig::default()
+    };
     for (key, slot) in [("interval", &mut h.interval), ("timeout", &mut h.timeout)] {
         if let Some(d) = r.opt(t, path, key, as_duration) {
             if d < std::time::Duration::from_millis(10) {
-                r.error_at(Reader::span_of(t, key), &join(path, key), "must be at least 10ms");
+                r.error_at(
+                    Reader::span_of(t, key),
+                    &join(path, key),
+                    "must be at least 10ms",
+                );
             }
             *slot = d;
         }
@@ -188,7 +199,9 @@ fn read_health(r: &mut Reader, t: &dyn TableLike, path: &str) -> HealthConfig {
     if let Some(n) = r.opt(t, path, "fall", |v| as_int(v, 1, 100)) {
         h.fall = n as u32;
     }
-    if let Some(e) = r.opt(t, path, "expect", |v| as_str(v).and_then(|s| parse_status_range(&s))) {
+    if let Some(e) = r.opt(t, path, "expect", |v| {
+        as_str(v).and_then(|s| parse_status_range(&s))
+    }) {
         h.expect = e;
     }
     h
@@ -197,7 +210,12 @@ fn read_health(r: &mut Reader, t: &dyn TableLike, path: &str) -> HealthConfig {
 /// `"200-399"` or `"200"`.
 fn parse_status_range(s: &str) -> Result<(u16, u16), String> {
     let err = || format!("{s:?} is not a status code or range like \"200-399\"");
-    let code = |x: &str| x.trim().parse::<u16>().ok().filter(|c| (100..=599).contains(c));
+    let code = |x: &str| {
+        x.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|c| (100..=599).contains(c))
+    };
     let (lo, hi) = match s.split_once('-') {
         Some((a, b)) => (code(a).ok_or_else(err)?, code(b).ok_or_else(err)?),
         None => {

@@ -14,6 +14,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
@@ -24,7 +25,7 @@ use crate::config::{AccessLog, Affinity};
 use crate::runtime::{Pool, Snapshot};
 use body::{Finish, ProxyBody};
 use error::ProxyError;
-use upstream::{InFlight, Target, UpstreamBody, UpstreamError};
+use upstream::{InFlight, ReqBody, Target, UpstreamBody, UpstreamError};
 
 /// What the proxy knows about the client connection a request came on.
 #[derive(Debug, Clone, Copy)]
@@ -43,7 +44,11 @@ struct Trace {
 }
 
 /// Serves one request; never fails (errors become responses).
-pub async fn handle(app: Arc<App>, conn: ConnInfo, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+pub async fn handle(
+    app: Arc<App>,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
     // One snapshot for the whole request, whatever reloads happen meanwhile.
     let snap = app.snapshot();
@@ -162,50 +167,82 @@ async fn proxy(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     prepare_request(&mut req, conn, host, upgrade)?;
 
+    // A bodiless idempotent request can be replayed on another backend if its backend
+    // fails before answering (a backend killed mid-request); keep its head for that.
+    let replay = replayable(&req).then(|| Replay {
+        method: req.method().clone(),
+        uri: req.uri().clone(),
+        headers: req.headers().clone(),
+    });
+    let mut req = Some(req.map(ReqBody::Client));
+
     // Connect first, so a connect failure keeps the request (and its body) for the next
     // candidate.
     let mut tried: Vec<usize> = Vec::new();
-    let (backend_index, sender, in_flight) = loop {
+    let (backend_index, res, sender, in_flight) = 'attempts: loop {
         let b = &pool.backends[decision.backend];
         let in_flight = InFlight::new(b.shared.clone(), pool.shared.clone());
         let target = target(pool, decision.backend, settings.connect_timeout);
-        match upstream::checkout(&target).await {
-            Ok(sender) => {
-                b.shared.note_connect_success();
-                break (decision.backend, sender, in_flight);
-            }
-            Err(e) => {
-                tracing::warn!(pool = %pool.name, backend = %b.id, error = %e, "backend connect failed");
-                b.shared.stats.count_error(e.kind());
-                if b.shared.note_connect_failure(pool.passive.max_fails, pool.passive.fail_timeout) {
-                    tracing::warn!(pool = %pool.name, backend = %b.id, "passive check: backend is down for fail_timeout");
+        trace.backend = Some(decision.backend);
+        trace.affinity = Some(decision.outcome);
+        let mut conn = upstream::checkout(&target).await;
+        let mut stale_retries = 0;
+        let failure = loop {
+            let sender = match conn {
+                Ok(sender) => sender,
+                Err(e) => {
+                    tracing::warn!(pool = %pool.name, backend = %b.id, error = %e, "backend connect failed");
+                    b.shared.stats.count_error(e.kind());
+                    if b.shared
+                        .note_connect_failure(pool.passive.max_fails, pool.passive.fail_timeout)
+                    {
+                        tracing::warn!(pool = %pool.name, backend = %b.id, "passive check: backend is down for fail_timeout");
+                    }
+                    break e;
                 }
-                tried.push(decision.backend);
-                trace.backend = Some(decision.backend);
-                if tried.len() > settings.retries as usize
-                    || affinity::retry(pool, &mut decision, &tried).is_none()
-                {
-                    return Err(e.into());
+            };
+            b.shared.note_connect_success();
+            let Some(r) = req.take().or_else(|| replay.as_ref().map(Replay::request)) else {
+                return Err(ProxyError::BadRequest);
+            };
+            match upstream::send(sender, r, settings.response_timeout).await {
+                Ok((res, sender)) => {
+                    if decision.pinned_to_draining {
+                        b.shared.note_pinned_while_draining();
+                    }
+                    b.shared.requests.fetch_add(1, Ordering::Relaxed);
+                    break 'attempts (decision.backend, res, sender, in_flight);
                 }
-                pool.shared.retries.fetch_add(1, Ordering::Relaxed);
+                // The pooled connection was closed before the request was written: the
+                // request is intact; try a fresh connection to the same backend.
+                Err(f) if f.unsent.is_some() && stale_retries < 2 => {
+                    stale_retries += 1;
+                    req = f.unsent;
+                    conn = upstream::connect_fresh(&target).await;
+                }
+                Err(f) => {
+                    b.shared.stats.count_error(f.error.kind());
+                    tracing::warn!(pool = %pool.name, backend = %b.id, error = %f.error, "backend request failed");
+                    if f.unsent.is_some() {
+                        req = f.unsent;
+                    } else if !(f.error.is_replayable_failure() && replay.is_some()) {
+                        return Err(f.error.into());
+                    }
+                    break f.error;
+                }
             }
+        };
+        tried.push(decision.backend);
+        if tried.len() > settings.retries as usize
+            || affinity::retry(pool, &mut decision, &tried).is_none()
+        {
+            return Err(failure.into());
         }
+        pool.shared.retries.fetch_add(1, Ordering::Relaxed);
     };
     trace.backend = Some(backend_index);
     trace.affinity = Some(decision.outcome);
     let backend = &pool.backends[backend_index];
-    if decision.pinned_to_draining {
-        backend.shared.note_pinned_while_draining();
-    }
-    backend.shared.requests.fetch_add(1, Ordering::Relaxed);
-
-    let target = target(pool, backend_index, settings.connect_timeout);
-    let (res, sender) = upstream::send(&target, sender, req, settings.response_timeout)
-        .await
-        .inspect_err(|e| {
-            backend.shared.stats.count_error(e.kind());
-            tracing::warn!(pool = %pool.name, backend = %backend.id, error = %e, "backend request failed");
-        })?;
     let (mut parts, incoming) = res.into_parts();
 
     if parts.status == StatusCode::SWITCHING_PROTOCOLS {
@@ -226,6 +263,32 @@ async fn proxy(
     add_cookie(pool, &decision, conn, &mut parts.headers);
     let body = UpstreamBody::new(incoming, Some(sender), backend.shared.clone(), in_flight);
     Ok(Response::from_parts(parts, ProxyBody::upstream(body)))
+}
+
+/// The head of a request that can be sent again.
+struct Replay {
+    method: http::Method,
+    uri: Uri,
+    headers: http::HeaderMap,
+}
+
+impl Replay {
+    fn request(&self) -> Request<ReqBody> {
+        let mut r = Request::new(ReqBody::Empty);
+        *r.method_mut() = self.method.clone();
+        *r.uri_mut() = self.uri.clone();
+        *r.headers_mut() = self.headers.clone();
+        r
+    }
+}
+
+/// GET, HEAD and OPTIONS without a body, not upgrading.
+fn replayable(req: &Request<Incoming>) -> bool {
+    matches!(
+        *req.method(),
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+    ) && req.body().is_end_stream()
+        && !req.headers().contains_key(header::UPGRADE)
 }
 
 fn target(pool: &Pool, i: usize, connect_timeout: std::time::Duration) -> Target<'_> {

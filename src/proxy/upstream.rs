@@ -24,7 +24,42 @@ const MAX_IDLE: usize = 256;
 /// An idle connection older than this is not reused (backends commonly close at 60s+).
 const IDLE_REUSE: Duration = Duration::from_secs(50);
 
-type Sender = http1::SendRequest<Incoming>;
+type Sender = http1::SendRequest<ReqBody>;
+
+/// The body sent to a backend: the client's, streamed, or none (a replayed request).
+pub enum ReqBody {
+    Client(Incoming),
+    Empty,
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ReqBody::Client(b) => Pin::new(b).poll_frame(cx),
+            ReqBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ReqBody::Client(b) => b.is_end_stream(),
+            ReqBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ReqBody::Client(b) => b.size_hint(),
+            ReqBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
 
 struct Idle {
     sender: Sender,
@@ -107,6 +142,12 @@ impl UpstreamError {
         )
     }
 
+    /// The backend failed before answering (reset, closed, broken response), as opposed to
+    /// being slow: a request that can be replayed may go to another backend.
+    pub fn is_replayable_failure(&self) -> bool {
+        matches!(self, UpstreamError::Http(_))
+    }
+
     /// A short label for logs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -175,30 +216,38 @@ async fn connect(t: &Target<'_>) -> Result<Sender, UpstreamError> {
     Ok(sender)
 }
 
-/// Sends `req` on a ready connection. A pooled connection the backend closed meanwhile hands
-/// the request back untouched, and it is sent again on a fresh connection.
+/// Why a send failed, and the request when it was never written (a pooled connection the
+/// backend had closed meanwhile), so the caller can send it again on a fresh connection.
+pub struct SendFailure {
+    pub error: UpstreamError,
+    pub unsent: Option<Request<ReqBody>>,
+}
+
+/// Sends `req` on a ready connection and waits for the response head.
 pub async fn send(
-    t: &Target<'_>,
     mut sender: Sender,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
     response_timeout: Duration,
-) -> Result<(Response<Incoming>, Sender), UpstreamError> {
-    let fut = async {
-        match sender.try_send_request(req).await {
-            Ok(res) => Ok(res),
-            Err(mut e) => match e.take_message() {
-                Some(req) => {
-                    sender = connect(t).await?;
-                    sender.send_request(req).await.map_err(UpstreamError::Http)
-                }
-                None => Err(UpstreamError::Http(e.into_error())),
-            },
+) -> Result<(Response<Incoming>, Sender), SendFailure> {
+    match tokio::time::timeout(response_timeout, sender.try_send_request(req)).await {
+        Err(_) => Err(SendFailure {
+            error: UpstreamError::ResponseTimeout,
+            unsent: None,
+        }),
+        Ok(Ok(res)) => Ok((res, sender)),
+        Ok(Err(mut e)) => {
+            let unsent = e.take_message();
+            Err(SendFailure {
+                error: UpstreamError::Http(e.into_error()),
+                unsent,
+            })
         }
-    };
-    let res = tokio::time::timeout(response_timeout, fut)
-        .await
-        .map_err(|_| UpstreamError::ResponseTimeout)??;
-    Ok((res, sender))
+    }
+}
+
+/// A fresh connection, skipping the pool (after a pooled one turned out stale).
+pub async fn connect_fresh(t: &Target<'_>) -> Result<Sender, UpstreamError> {
+    connect(t).await
 }
 
 /// Counts one request in flight on a backend and its pool until dropped.

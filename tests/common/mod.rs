@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,8 +21,8 @@ use tokio::sync::{oneshot, Notify};
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
 
-use tether::config::Config;
 use tether::app::App;
+use tether::config::Config;
 
 pub type Body = BoxBody<Bytes, Infallible>;
 
@@ -54,7 +54,10 @@ pub struct Backend {
     pub hits: Arc<AtomicU64>,
     /// Released by the test to let `/sse` send its second event.
     pub sse_gate: Arc<Notify>,
+    /// `/health` answers: 0 = 200, 1 = 500, 2 = alternate.
+    pub health_mode: Arc<AtomicU8>,
     stop: Option<oneshot::Sender<()>>,
+    tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
 impl Backend {
@@ -63,32 +66,52 @@ impl Backend {
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicU64::new(0));
         let sse_gate = Arc::new(Notify::new());
+        let health_mode = Arc::new(AtomicU8::new(0));
+        let tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
         let (tx, mut rx) = oneshot::channel();
-        let (h, g) = (hits.clone(), sse_gate.clone());
-        tokio::spawn(async move {
+        let (h, g, m, t) = (
+            hits.clone(),
+            sse_gate.clone(),
+            health_mode.clone(),
+            tasks.clone(),
+        );
+        let accept = tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = &mut rx => return,
                     acc = listener.accept() => {
                         let Ok((stream, _)) = acc else { continue };
-                        let (h, g) = (h.clone(), g.clone());
-                        tokio::spawn(async move {
-                            let svc = service_fn(move |req| handle(name, h.clone(), g.clone(), req));
+                        let (h, g, m) = (h.clone(), g.clone(), m.clone());
+                        let conn = tokio::spawn(async move {
+                            let svc = service_fn(move |req| handle(name, h.clone(), g.clone(), m.clone(), req));
                             let _ = hyper::server::conn::http1::Builder::new()
                                 .serve_connection(TokioIo::new(stream), svc)
                                 .with_upgrades()
                                 .await;
                         });
+                        t.lock().unwrap().push(conn);
                     }
                 }
             }
         });
+        tasks.lock().unwrap().push(accept);
         Backend {
             name,
             addr,
             hits,
             sse_gate,
+            health_mode,
             stop: Some(tx),
+            tasks,
+        }
+    }
+
+    /// Dies at once: the listener and every open connection close (in-flight requests get
+    /// no answer), as when the process is killed.
+    pub fn kill(&mut self) {
+        self.stop();
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
         }
     }
 
@@ -124,8 +147,24 @@ async fn handle(
     name: &'static str,
     hits: Arc<AtomicU64>,
     gate: Arc<Notify>,
+    health_mode: Arc<AtomicU8>,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
+    if req.uri().path() == "/health" {
+        let ok = match health_mode.load(Ordering::Relaxed) {
+            0 => true,
+            1 => false,
+            // Alternate (modes 2 and 3): flip the low bit on every probe.
+            _ => health_mode.fetch_xor(1, Ordering::Relaxed) & 1 == 0,
+        };
+        let mut r = Response::new(empty());
+        *r.status_mut() = if ok {
+            StatusCode::OK
+        } else {
+            StatusCode::INTERNAL_SERVER_ERROR
+        };
+        return Ok(r);
+    }
     hits.fetch_add(1, Ordering::Relaxed);
     let mut res = Response::new(full(name));
     let seen = |h: &str| req.headers().get(h).cloned();
@@ -255,6 +294,19 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// A proxy that also serves the admin API; returns it and the admin address.
+    pub async fn start_with_admin(config_text: &str) -> (Proxy, SocketAddr) {
+        let proxy = Proxy::start(config_text).await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = listener.local_addr().unwrap();
+        tokio::spawn(tether::admin::serve(
+            proxy.app.clone(),
+            listener,
+            std::future::pending(),
+        ));
+        (proxy, admin)
+    }
+
     pub async fn start(config_text: &str) -> Proxy {
         let config = Config::parse(config_text, "test.toml")
             .unwrap_or_else(|e| panic!("bad test config: {e}\n{config_text}"));
@@ -295,7 +347,9 @@ impl Drop for Proxy {
 /// A pool config over `backends` with extra pool keys, listening nowhere in particular (tests
 /// bind their own listener).
 pub fn pool_config(proxy_extra: &str, pool_extra: &str, backends: &[&Backend]) -> String {
-    let mut t = format!("[proxy]\ntrusted_proxies = [\"127.0.0.1/32\"]\n{proxy_extra}\n\n[pools.app]\n{pool_extra}\n");
+    let mut t = format!(
+        "[log]\naccess = \"off\"\n[proxy]\ntrusted_proxies = [\"127.0.0.1/32\"]\n{proxy_extra}\n\n[pools.app]\n{pool_extra}\n"
+    );
     for b in backends {
         t.push_str(&format!(
             "\n[[pools.app.backends]]\nid = \"{}\"\naddress = \"{}\"\n",
@@ -356,6 +410,15 @@ pub async fn request(addr: SocketAddr, req: Request<Body>) -> Answer {
         headers: parts.headers,
         body,
     }
+}
+
+/// POST with no body.
+pub async fn post(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Answer {
+    let mut b = Request::post(path).header(header::HOST, "admin");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    request(addr, b.body(empty()).unwrap()).await
 }
 
 /// GET `path` with extra headers.
