@@ -16,8 +16,9 @@ ENV TETHER_CONFIG=/etc/tether/tether.toml
 USER tether
 # [listen] http in the mounted config decides the ports; 8080 is the default.
 EXPOSE 8080
-# The liveness endpoint (/healthz) comes with the admin API; until then the container is
-# healthy while the config it runs with stays valid.
-HEALTHCHECK --interval=30s --timeout=3s CMD ["tether", "check", "-c", "/etc/tether/tether.toml"]
+EXPOSE 9090
+# Liveness through the admin API's /healthz (the config must have [admin] listen; the
+# image's config listens on 0.0.0.0:9090 — put a token on it or keep the port private).
+HEALTHCHECK --interval=10s --timeout=3s CMD ["tether", "ctl", "--admin", "http://127.0.0.1:9090", "healthz"]
 ENTRYPOINT ["tether"]
 CMD ["run"]

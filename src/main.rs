@@ -68,6 +68,8 @@ struct CtlArgs {
 enum CtlAction {
     /// Print /status.
     Status,
+    /// Exit 0 when the instance answers /healthz (for container health checks).
+    Healthz,
     /// Stop new sessions on a backend; pinned sessions continue until drain_timeout.
     Drain { id: String },
     /// Return a backend to service.
@@ -240,6 +242,10 @@ async fn ctl(a: CtlArgs) -> anyhow::Result<()> {
             let body = admin::call(&a.admin, http::Method::GET, "/status", token).await?;
             let v: serde_json::Value = serde_json::from_str(&body)?;
             println!("{}", serde_json::to_string_pretty(&v)?);
+            return Ok(());
+        }
+        CtlAction::Healthz => {
+            admin::call(&a.admin, http::Method::GET, "/healthz", token).await?;
             return Ok(());
         }
         CtlAction::Drain { id } => (id, "drain"),

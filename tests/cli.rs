@@ -126,3 +126,114 @@ fn explain_needs_a_key_and_a_pool_choice() {
     assert_eq!(code, 1);
     assert!(err.contains("choose one with --pool"), "{err}");
 }
+
+mod common;
+
+/// `tether run` as a real process: serves, writes the access log, obeys `tether ctl`, and
+/// exits 0 on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_serves_logs_and_obeys_ctl_then_stops_on_sigterm() {
+    let a = common::Backend::start("one").await;
+    let b = common::Backend::start("two").await;
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let (http, admin) = (free(), free());
+    let cfg = temp_file(
+        "run.toml",
+        &format!(
+            "[listen]\nhttp = [\"{http}\"]\n[admin]\nlisten = \"{admin}\"\ntoken = \"ctl-token-123\"\n[log]\naccess = \"combined\"\n[pools.web]\n[pools.web.health]\npath = \"/health\"\ninterval = \"100ms\"\n[[pools.web.backends]]\nid = \"one\"\naddress = \"{}\"\n[[pools.web.backends]]\nid = \"two\"\naddress = \"{}\"\n",
+            a.addr, b.addr
+        ),
+    );
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["run", "-c", cfg.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Wait until it serves.
+    let mut ok = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(http).await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(ok, "tether run did not start listening");
+    let first = common::get(http, "/hello", &[("user-agent", "cli-test")]).await;
+    assert_eq!(first.status, 200);
+    let home = first.backend();
+
+    let ctl = |args: Vec<String>| async move {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+            .arg("ctl")
+            .args([
+                "--admin",
+                &format!("http://{admin}"),
+                "--token",
+                "ctl-token-123",
+            ])
+            .args(args)
+            .output()
+            .await
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = ctl(vec!["disable".into(), home.clone()]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("\"state\":\"disabled\""), "{out}");
+    let moved = common::get(
+        http,
+        "/",
+        &[(
+            "cookie",
+            &format!("TETHER={}", first.tether_cookie().unwrap()),
+        )],
+    )
+    .await;
+    assert_ne!(moved.backend(), home);
+    let (code, out, _) = ctl(vec!["status".into()]).await;
+    assert_eq!(code, Some(0));
+    assert!(out.contains("\"state\": \"disabled\""), "{out}");
+    assert_eq!(ctl(vec!["healthz".into()]).await.0, Some(0));
+    let (code, _, err) = ctl(vec!["drain".into(), "nope".into()]).await;
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no backend \"nope\""), "{err}");
+
+    // SIGTERM: exits 0; the access log lines are on stdout.
+    let pid = child.id().unwrap() as i32;
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(10), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let log = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 2, "{log}");
+    assert!(lines[0].starts_with("127.0.0.1 - - ["), "{}", lines[0]);
+    assert!(
+        lines[0].contains("\"GET /hello HTTP/1.1\" 200 3 \"-\" \"cli-test\""),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[0].ends_with(&format!("pool=web backend={home} affinity=new")),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[1].ends_with("affinity=moved"), "{}", lines[1]);
+}

@@ -460,3 +460,63 @@ async fn connect_failures_mark_a_backend_down_passively_and_are_counted() {
     assert!(m["tether_upstream_errors_total{pool=\"app\",backend=\"b2\",kind=\"connect\"}"] >= 1.0);
     assert!(m["tether_retries_total{pool=\"app\"}"] >= 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn added_backends_are_checked_first_and_removed_ones_stop_being_checked() {
+    let (a, b, c) = three().await;
+    let d = Backend::start("b4").await;
+    d.health_mode.store(1, Ordering::Relaxed); // failing at first
+    let three_cfg = health_config(&[&a, &b, &c], "");
+    let (proxy, _) = Proxy::start_with_admin(&three_cfg).await;
+    all_up(&proxy).await;
+    assert_eq!(proxy.app.health.len(), 3);
+
+    let four = tether::config::Config::parse(&health_config(&[&a, &b, &c, &d], ""), "t").unwrap();
+    proxy.app.install(four);
+    assert_eq!(proxy.app.health.len(), 4);
+    assert_eq!(
+        state_of(&proxy, "b4"),
+        "down",
+        "unchecked: no new sessions yet"
+    );
+    for i in 0..80 {
+        let ans = get(
+            proxy.addr,
+            "/",
+            &[("x-forwarded-for", &format!("10.70.0.{}", i + 1))],
+        )
+        .await;
+        assert_ne!(ans.backend(), "b4");
+    }
+    d.health_mode.store(0, Ordering::Relaxed);
+    wait_until("b4 up", || state_of(&proxy, "b4") == "up").await;
+    let mut landed = 0;
+    for i in 0..80 {
+        let ans = get(
+            proxy.addr,
+            "/",
+            &[("x-forwarded-for", &format!("10.71.0.{}", i + 1))],
+        )
+        .await;
+        landed += usize::from(ans.backend() == "b4");
+    }
+    assert!(landed > 5, "b4 takes new sessions once up ({landed})");
+
+    // Remove b4: its checks stop.
+    proxy
+        .app
+        .install(tether::config::Config::parse(&three_cfg, "t").unwrap());
+    assert_eq!(proxy.app.health.len(), 3);
+    // In alternating mode every probe flips the mode's low bit: a bit that stays put means
+    // nothing probes the removed backend any more.
+    d.health_mode.store(2, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        d.health_mode.load(Ordering::Relaxed),
+        2,
+        "the removed backend is still probed"
+    );
+    // Control: a configured backend in the same mode is probed (its bit flips).
+    a.health_mode.store(2, Ordering::Relaxed);
+    wait_until("b1 probed", || a.health_mode.load(Ordering::Relaxed) != 2).await;
+}
