@@ -149,7 +149,7 @@ async fn run_serves_logs_and_obeys_ctl_then_stops_on_sigterm() {
             a.addr, b.addr
         ),
     );
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tether"))
         .args(["run", "-c", cfg.to_str().unwrap()])
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::piped())
