@@ -81,6 +81,21 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Response<Full<Bytes>> 
             "text/plain; version=0.0.4; charset=utf-8",
             crate::metrics::render(app),
         ),
+        (&Method::POST, ["reload"]) => {
+            if !authorized(app, &req) {
+                return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+            }
+            match crate::reload::reload(app, crate::reload::Trigger::Requested) {
+                Ok(generation) => json_reply(
+                    StatusCode::OK,
+                    json!({ "reloaded": true, "generation": generation }),
+                ),
+                Err(e) => json_reply(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    json!({ "reloaded": false, "errors": e.lines() }),
+                ),
+            }
+        }
         (&Method::POST, ["pools", pool, "backends", id, action]) => {
             if !authorized(app, &req) {
                 return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
@@ -98,7 +113,8 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Response<Full<Bytes>> 
             };
             set_state(app, pool, id, state)
         }
-        (_, ["healthz"] | ["status"] | ["metrics"]) | (_, ["pools", _, "backends", _, _]) => {
+        (_, ["healthz"] | ["status"] | ["metrics"] | ["reload"])
+        | (_, ["pools", _, "backends", _, _]) => {
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
         _ => error(StatusCode::NOT_FOUND, "not found"),

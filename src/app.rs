@@ -12,6 +12,7 @@ use crate::access_log::AccessLogger;
 use crate::config::Config;
 use crate::health::Checker;
 use crate::runtime::Snapshot;
+use crate::server::ListenerSet;
 use crate::state::Registry;
 
 /// Facts about the loaded config for `/status`.
@@ -22,6 +23,8 @@ pub struct ConfigMeta {
     /// 1 for the first config, +1 for every successful load after it.
     pub generation: u64,
     pub last_reload_error: Option<String>,
+    /// Hash of the file text last loaded, so a watcher event without a change is ignored.
+    pub content_hash: Option<u64>,
 }
 
 pub struct App {
@@ -37,6 +40,8 @@ pub struct App {
     pub reloads_failed: AtomicU64,
     /// Open client connections per listener address.
     pub connections: Mutex<Vec<(String, Arc<AtomicU64>)>>,
+    /// The running listeners, changed by reloads.
+    pub listeners: Mutex<ListenerSet>,
 }
 
 impl App {
@@ -44,7 +49,7 @@ impl App {
     /// run inside a tokio runtime.
     pub fn new(config: Config, path: Option<PathBuf>) -> Arc<App> {
         let registry = Arc::new(Registry::default());
-        let snap = Snapshot::build(Arc::new(config), &registry);
+        let snap = Snapshot::build(Arc::new(config), &registry, None);
         let app = App {
             health: Checker::default(),
             access_log: AccessLogger::stdout(),
@@ -55,11 +60,13 @@ impl App {
                 loaded_at: SystemTime::now(),
                 generation: 1,
                 last_reload_error: None,
+                content_hash: None,
             }),
             unrouted: AtomicU64::new(0),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             connections: Mutex::new(Vec::new()),
+            listeners: Mutex::new(ListenerSet::default()),
         };
         app.health.reconcile(&app.snapshot());
         Arc::new(app)
@@ -73,7 +80,12 @@ impl App {
     /// Builds a snapshot of `config` (keeping long-lived state by identity), swaps it in and
     /// brings health checks in line with it.
     pub fn install(&self, config: Config) {
-        let snap = Arc::new(Snapshot::build(Arc::new(config), &self.registry));
+        let current = self.snapshot();
+        let snap = Arc::new(Snapshot::build(
+            Arc::new(config),
+            &self.registry,
+            Some(&current),
+        ));
         self.snapshot.store(snap.clone());
         self.health.reconcile(&snap);
         let mut meta = self.meta();

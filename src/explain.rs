@@ -42,7 +42,7 @@ pub fn explain(config: &Config, pool: Option<&str>, query: &Query) -> Result<Str
         }
     };
     let registry = Arc::new(Registry::default());
-    let snap = Snapshot::build(Arc::new(config.clone()), &registry);
+    let snap = Snapshot::build(Arc::new(config.clone()), &registry, None);
     for p in &snap.pools {
         for b in &p.backends {
             b.shared.set_active_verdict(true);

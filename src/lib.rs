@@ -7,6 +7,7 @@
 //! - [`runtime`] builds the immutable [`runtime::Snapshot`] that each request loads once, and
 //!   [`state`] keeps what must outlive a snapshot (counters, connections, drain start);
 //! - [`proxy`] is the hyper service; [`server`] accepts connections and shuts down gracefully;
+//! - [`reload`] re-reads the file (watched, SIGHUP, admin API) and swaps a new snapshot in;
 //! - [`app`] holds the current snapshot and the process-wide services: [`health`] checks,
 //!   the [`access_log`], and the counters that [`metrics`] and the [`admin`] API expose;
 //! - [`explain`] answers "where would this request go, and why?"; [`demo`] runs a showcase.
@@ -22,6 +23,7 @@ pub mod explain;
 pub mod health;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod runtime;
 pub mod server;
 pub mod state;

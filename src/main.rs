@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tether::app::App;
 use tether::config::{Config, ConfigError};
-use tether::{admin, demo, explain, health, server};
+use tether::{admin, demo, explain, health, reload, server};
 
 #[derive(Parser)]
 #[command(
@@ -76,6 +76,8 @@ enum CtlAction {
     Enable { id: String },
     /// Take a backend out of service entirely.
     Disable { id: String },
+    /// Re-read the config file now.
+    Reload,
 }
 
 #[derive(Args)]
@@ -215,9 +217,10 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
     let snap = app.snapshot();
     health::first_verdicts(&snap, health::first_verdict_limit(&snap)).await;
     drop(snap);
-    for l in &listeners {
+    for (_, l) in &listeners {
         tracing::info!(address = %l.local_addr()?, "listening (http)");
     }
+    reload::spawn_triggers(&app);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     if let Some(l) = admin_listener {
         tracing::info!(address = %l.local_addr()?, "admin API listening");
@@ -242,6 +245,13 @@ async fn ctl(a: CtlArgs) -> anyhow::Result<()> {
             let body = admin::call(&a.admin, http::Method::GET, "/status", token).await?;
             let v: serde_json::Value = serde_json::from_str(&body)?;
             println!("{}", serde_json::to_string_pretty(&v)?);
+            return Ok(());
+        }
+        CtlAction::Reload => {
+            print!(
+                "{}",
+                admin::call(&a.admin, http::Method::POST, "/reload", token).await?
+            );
             return Ok(());
         }
         CtlAction::Healthz => {

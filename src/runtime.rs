@@ -32,7 +32,8 @@ pub struct Pool {
     pub header: Option<HeaderName>,
     pub balance_factor: Option<f64>,
     pub drain_timeout: Duration,
-    pub balancer: Balancer,
+    pub balancer: Arc<Balancer>,
+    pub algorithm: Algorithm,
     pub backends: Vec<Backend>,
     pub cookie: Option<CookieCodec>,
     /// Cookie backend token → backend index.
@@ -55,7 +56,13 @@ pub struct Backend {
 
 impl Snapshot {
     /// Builds a snapshot; long-lived state comes from (and is registered in) `registry`.
-    pub fn build(config: Arc<Config>, registry: &Arc<Registry>) -> Snapshot {
+    /// With `previous`, a pool whose membership, weights and hashing are unchanged keeps its
+    /// selection table (no rebuild, and trivially no key moves).
+    pub fn build(
+        config: Arc<Config>,
+        registry: &Arc<Registry>,
+        previous: Option<&Snapshot>,
+    ) -> Snapshot {
         let mut identities = Vec::new();
         for p in &config.pools {
             for b in &p.backends {
@@ -72,7 +79,10 @@ impl Snapshot {
         let pools = config
             .pools
             .iter()
-            .map(|p| build_pool(p, &mut shared, registry))
+            .map(|p| {
+                let old = previous.and_then(|s| s.pools.iter().find(|o| *o.name == *p.name));
+                build_pool(p, &mut shared, registry, old)
+            })
             .collect::<Vec<_>>();
         let mut routes: Vec<RouteEntry> = config
             .routes
@@ -136,6 +146,7 @@ fn build_pool(
     p: &PoolConfig,
     shared: &mut impl Iterator<Item = Arc<BackendShared>>,
     registry: &Arc<Registry>,
+    previous: Option<&Pool>,
 ) -> Pool {
     let cookie = p.cookie.as_ref().map(CookieCodec::new);
     let backends: Vec<Backend> = p
@@ -168,7 +179,19 @@ fn build_pool(
         },
         HashAlgorithm::Ketama => Algorithm::Ketama,
     };
-    let balancer = Balancer::build(algorithm, &members);
+    let same_membership = |old: &Pool| {
+        old.algorithm == algorithm
+            && old.backends.len() == backends.len()
+            && old
+                .backends
+                .iter()
+                .zip(&backends)
+                .all(|(o, n)| o.id == n.id && o.address == n.address && o.weight == n.weight)
+    };
+    let balancer = match previous.filter(|o| same_membership(o)) {
+        Some(old) => old.balancer.clone(),
+        None => Arc::new(Balancer::build(algorithm, &members)),
+    };
     let tokens = backends
         .iter()
         .enumerate()
@@ -181,6 +204,7 @@ fn build_pool(
         balance_factor: p.balance_factor,
         drain_timeout: p.drain_timeout,
         balancer,
+        algorithm,
         backends,
         cookie,
         tokens,

@@ -10,56 +10,137 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use std::net::SocketAddr;
+
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 use crate::app::App;
 use crate::config::ProxySettings;
 use crate::proxy::{self, ConnInfo};
 
-/// Binds every address in `[listen] http`.
-pub async fn bind(addrs: &[std::net::SocketAddr]) -> std::io::Result<Vec<TcpListener>> {
-    let mut out = Vec::with_capacity(addrs.len());
-    for a in addrs {
-        let l = TcpListener::bind(a)
-            .await
-            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {a}: {e}")))?;
-        out.push(l);
+/// Binds every address in `[listen] http`; each listener is kept with the address the
+/// config names it by.
+pub async fn bind(addrs: &[SocketAddr]) -> std::io::Result<Vec<(SocketAddr, TcpListener)>> {
+    addrs
+        .iter()
+        .map(|a| bind_one(*a).map(|l| (*a, l)))
+        .collect()
+}
+
+fn bind_one(a: SocketAddr) -> std::io::Result<TcpListener> {
+    let std = std::net::TcpListener::bind(a)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {a}: {e}")))?;
+    std.set_nonblocking(true)?;
+    TcpListener::from_std(std)
+}
+
+type Accepted = (TcpStream, SocketAddr, Arc<AtomicU64>);
+
+/// The running listeners, by configured address, and where they hand connections. The
+/// channel exists from the start, so a reload before `serve` runs still applies.
+pub struct ListenerSet {
+    tx: Option<mpsc::Sender<Accepted>>,
+    rx: Option<mpsc::Receiver<Accepted>>,
+    acceptors: Vec<(SocketAddr, JoinHandle<()>)>,
+}
+
+impl Default for ListenerSet {
+    fn default() -> Self {
+        let (tx, rx) = mpsc::channel(1024);
+        ListenerSet {
+            tx: Some(tx),
+            rx: Some(rx),
+            acceptors: Vec::new(),
+        }
     }
-    Ok(out)
+}
+
+impl ListenerSet {
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        self.acceptors.iter().map(|(a, _)| *a).collect()
+    }
+
+    fn start(&mut self, app: &App, configured: SocketAddr, l: TcpListener) {
+        let Some(tx) = self.tx.clone() else { return };
+        let name = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let gauge = app.listener_gauge(&name);
+        let task = tokio::spawn(async move {
+            loop {
+                match l.accept().await {
+                    Ok((stream, peer)) => {
+                        if tx.send((stream, peer, gauge.clone())).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        });
+        self.acceptors.push((configured, task));
+    }
+
+    fn stop_all(&mut self) {
+        self.tx = None;
+        for (_, t) in self.acceptors.drain(..) {
+            t.abort();
+        }
+    }
+}
+
+/// Makes the listeners match `wanted`: binds the new addresses first (if any fails, nothing
+/// changes and the error is returned), then starts them and stops accepting on addresses no
+/// longer wanted. Connections already accepted finish normally. Does nothing once the
+/// server has shut down.
+pub fn apply_listen(app: &App, wanted: &[SocketAddr]) -> std::io::Result<()> {
+    let mut set = app.listeners.lock().unwrap_or_else(|e| e.into_inner());
+    if set.tx.is_none() {
+        return Ok(());
+    }
+    let current = set.addresses();
+    let mut fresh = Vec::new();
+    for a in wanted.iter().filter(|a| !current.contains(a)) {
+        fresh.push((*a, bind_one(*a)?));
+    }
+    set.acceptors.retain(|(a, task)| {
+        let keep = wanted.contains(a);
+        if !keep {
+            tracing::info!(address = %a, "no longer listening (removed from [listen])");
+            task.abort();
+        }
+        keep
+    });
+    for (a, l) in fresh {
+        tracing::info!(address = %a, "listening (http, added by reload)");
+        set.start(app, a, l);
+    }
+    Ok(())
 }
 
 /// Serves until `shutdown` completes, then stops accepting and waits for open connections
 /// to finish their in-flight requests, at most `shutdown_timeout` (from the config current
 /// at that moment).
-pub async fn serve(app: Arc<App>, listeners: Vec<TcpListener>, shutdown: impl Future<Output = ()>) {
-    type Accepted = (TcpStream, std::net::SocketAddr, Arc<AtomicU64>);
-    let (tx, mut rx) = mpsc::channel::<Accepted>(1024);
-    let acceptors: Vec<_> = listeners
-        .into_iter()
-        .map(|l| {
-            let tx = tx.clone();
-            let name = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-            let gauge = app.listener_gauge(&name);
-            tokio::spawn(async move {
-                loop {
-                    match l.accept().await {
-                        Ok((stream, peer)) => {
-                            if tx.send((stream, peer, gauge.clone())).await.is_err() {
-                                return;
-                            }
-                        }
-                        Err(e) => {
-                            // EMFILE and friends: back off instead of spinning.
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
-    drop(tx);
+pub async fn serve(
+    app: Arc<App>,
+    listeners: Vec<(SocketAddr, TcpListener)>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let rx = {
+        let mut set = app.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        for (a, l) in listeners {
+            set.start(&app, a, l);
+        }
+        set.rx.take()
+    };
+    let Some(mut rx) = rx else {
+        tracing::error!("serve called twice for one App; not serving");
+        return;
+    };
 
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -86,9 +167,10 @@ pub async fn serve(app: Arc<App>, listeners: Vec<TcpListener>, shutdown: impl Fu
             _ = &mut shutdown => break,
         }
     }
-    for a in &acceptors {
-        a.abort();
-    }
+    app.listeners
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .stop_all();
     drop(rx);
     let deadline = app.snapshot().config.proxy.shutdown_timeout;
     tracing::info!(

@@ -206,6 +206,9 @@ async fn run_serves_logs_and_obeys_ctl_then_stops_on_sigterm() {
     assert_eq!(code, Some(0));
     assert!(out.contains("\"state\": \"disabled\""), "{out}");
     assert_eq!(ctl(vec!["healthz".into()]).await.0, Some(0));
+    let (code, out, err) = ctl(vec!["reload".into()]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("\"generation\":2"), "{out}");
     let (code, _, err) = ctl(vec!["drain".into(), "nope".into()]).await;
     assert_eq!(code, Some(1));
     assert!(err.contains("no backend \"nope\""), "{err}");

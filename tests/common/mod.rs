@@ -311,12 +311,36 @@ impl Proxy {
         let config = Config::parse(config_text, "test.toml")
             .unwrap_or_else(|e| panic!("bad test config: {e}\n{config_text}"));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Proxy::serve(config, listener, None).await
+    }
+
+    /// A proxy loaded from a file (so it can reload it), with its reload triggers running.
+    pub async fn start_file(path: &std::path::Path) -> Proxy {
+        let config = Config::load(path).unwrap_or_else(|e| panic!("bad test config: {e}"));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = Proxy::serve(config, listener, Some(path.to_path_buf())).await;
+        tether::reload::spawn_triggers(&proxy.app);
+        proxy
+    }
+
+    async fn serve(
+        config: Config,
+        listener: TcpListener,
+        path: Option<std::path::PathBuf>,
+    ) -> Proxy {
         let addr = listener.local_addr().unwrap();
-        let app = App::new(config, None);
+        // The listener stands for the config's first address, so reloads that keep that
+        // address leave it alone.
+        let configured = config.listen.http[0];
+        let app = App::new(config, path);
         let (tx, rx) = oneshot::channel::<()>();
-        let done = tokio::spawn(tether::server::serve(app.clone(), vec![listener], async {
-            let _ = rx.await;
-        }));
+        let done = tokio::spawn(tether::server::serve(
+            app.clone(),
+            vec![(configured, listener)],
+            async {
+                let _ = rx.await;
+            },
+        ));
         Proxy {
             addr,
             app,
@@ -465,6 +489,57 @@ pub fn counts(names: impl IntoIterator<Item = String>) -> HashMap<String, usize>
         *m.entry(n).or_insert(0) += 1;
     }
     m
+}
+
+/// A keep-alive HTTP/1.1 client: one connection, many requests.
+pub struct KeepAlive {
+    sender: hyper::client::conn::http1::SendRequest<Body>,
+}
+
+impl KeepAlive {
+    pub async fn connect(addr: SocketAddr) -> KeepAlive {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        KeepAlive { sender }
+    }
+
+    /// GET with headers; `None` when the request failed at the connection level.
+    pub async fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> Option<Answer> {
+        self.sender.ready().await.ok()?;
+        let mut b = Request::get(path).header(header::HOST, "test.local");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let res = self
+            .sender
+            .send_request(b.body(empty()).unwrap())
+            .await
+            .ok()?;
+        let (parts, body) = res.into_parts();
+        let body = body.collect().await.ok()?.to_bytes();
+        Some(Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+}
+
+/// A config file in a fresh temporary directory.
+pub fn config_file(text: &str) -> std::path::PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "tether-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tether.toml");
+    std::fs::write(&path, text).unwrap();
+    path
 }
 
 /// Resident memory of this process in KiB.

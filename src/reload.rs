@@ -1,0 +1,167 @@
+//! Hot reload: re-read the config file when it changes (its directory is watched, so
+//! write-rename saves and symlink swaps are seen), on SIGHUP, or from the admin API; validate
+//! everything first, then swap one snapshot in. A bad file changes nothing.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::Watcher;
+
+use crate::app::App;
+use crate::config::{Config, ConfigError, Diagnostic};
+
+/// Events closer together than this are one edit.
+const DEBOUNCE: Duration = Duration::from_millis(200);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("this instance was not started from a config file")]
+    NoFile,
+    #[error("{0}")]
+    Read(String),
+    #[error("{}", .0.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Diagnostic>),
+    #[error("{0}")]
+    Listen(String),
+}
+
+impl ReloadError {
+    /// Every error line (one per config diagnostic).
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            ReloadError::Invalid(d) => d.iter().map(|d| d.to_string()).collect(),
+            e => vec![e.to_string()],
+        }
+    }
+}
+
+/// Why a reload is attempted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// The watcher saw the file or its directory change: skipped if the text is unchanged.
+    FileChanged,
+    /// SIGHUP, the admin API or `tether ctl reload`: always reloads.
+    Requested,
+}
+
+/// Re-reads the config file and, if it is valid, applies it. Returns the new generation
+/// (`None` when a watcher event found the text unchanged).
+pub fn reload(app: &App, trigger: Trigger) -> Result<Option<u64>, ReloadError> {
+    let path = app.meta().path.clone().ok_or(ReloadError::NoFile)?;
+    let result = read_and_apply(app, &path, trigger);
+    match &result {
+        Ok(Some(generation)) => {
+            app.reloads_ok.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(file = %path.display(), generation, "config reloaded");
+        }
+        Ok(None) => {}
+        Err(e) => {
+            app.reloads_failed.fetch_add(1, Ordering::Relaxed);
+            for line in e.lines() {
+                tracing::error!(
+                    "config reload rejected, the previous config keeps serving: {line}"
+                );
+            }
+            app.meta().last_reload_error = Some(e.to_string());
+        }
+    }
+    result
+}
+
+fn read_and_apply(app: &App, path: &Path, trigger: Trigger) -> Result<Option<u64>, ReloadError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ReloadError::Read(format!("{}: cannot read config file: {e}", path.display()))
+    })?;
+    let hash = xxhash_rust::xxh3::xxh3_64(text.as_bytes());
+    if trigger == Trigger::FileChanged && app.meta().content_hash == Some(hash) {
+        return Ok(None);
+    }
+    let config = Config::parse(&text, &path.display().to_string()).map_err(|e| match e {
+        ConfigError::Invalid(d) => ReloadError::Invalid(d),
+        other => ReloadError::Read(other.to_string()),
+    })?;
+    warn_restart_needed(app, &config);
+    crate::server::apply_listen(app, &config.listen.http)
+        .map_err(|e| ReloadError::Listen(e.to_string()))?;
+    app.install(config);
+    let mut meta = app.meta();
+    meta.content_hash = Some(hash);
+    Ok(Some(meta.generation))
+}
+
+/// The admin listener is bound once at start; a changed `[admin] listen` needs a restart.
+fn warn_restart_needed(app: &App, new: &Config) {
+    let old = app.snapshot();
+    let listen = |c: &Config| c.admin.as_ref().map(|a| a.listen);
+    if listen(&old.config) != listen(new) {
+        tracing::warn!(
+            "[admin] listen changed: the admin API keeps its current address until tether restarts"
+        );
+    }
+}
+
+/// Remembers the text of the file loaded at start, so the watcher ignores saves that change
+/// nothing.
+pub fn remember_loaded_text(app: &App, text: &str) {
+    app.meta().content_hash = Some(xxhash_rust::xxh3::xxh3_64(text.as_bytes()));
+}
+
+/// Starts the file watcher and the SIGHUP handler (inside a tokio runtime).
+pub fn spawn_triggers(app: &Arc<App>) {
+    // Bound first: a guard in an `if let` scrutinee would live through the block.
+    let path = app.meta().path.clone();
+    if let Some(path) = path {
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            remember_loaded_text(app, &text);
+        }
+        if let Err(e) = watch(app.clone(), &path) {
+            tracing::warn!(error = %e, file = %path.display(), "cannot watch the config file; reload with SIGHUP or the admin API");
+        }
+    }
+    #[cfg(unix)]
+    {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP received: reloading");
+                let _ = reload(&app, Trigger::Requested);
+            }
+        });
+    }
+}
+
+/// Watches the config file's directory; any change there (debounced) re-reads the file.
+/// Watching the directory rather than the file sees editors' write-to-temp-then-rename saves
+/// and Kubernetes' symlink swaps, which replace the file's inode.
+pub fn watch(app: Arc<App>, path: &Path) -> notify::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res {
+            if !ev.kind.is_access() {
+                let _ = tx.send(());
+            }
+        }
+    })?;
+    watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
+    tokio::spawn(async move {
+        // The watcher lives as long as this task.
+        let _watcher = watcher;
+        while rx.recv().await.is_some() {
+            tokio::time::sleep(DEBOUNCE).await;
+            while rx.try_recv().is_ok() {}
+            let _ = reload(&app, Trigger::FileChanged);
+        }
+    });
+    Ok(())
+}
