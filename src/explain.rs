@@ -16,6 +16,10 @@ pub struct Query {
     pub cookie: Option<String>,
     pub ip: Option<IpAddr>,
     pub header: Option<String>,
+    /// A Tomcat session id (`ABC123.node1`) for route affinity.
+    pub jsessionid: Option<String>,
+    /// The application's session cookie value for learn affinity.
+    pub session: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,8 +67,14 @@ pub fn explain(config: &Config, pool: Option<&str>, query: &Query) -> Result<Str
             .to_string(),
         None => v.to_string(),
     });
+    let session = query
+        .jsessionid
+        .as_deref()
+        .or(query.session.as_deref())
+        .map(str::as_bytes);
     let keys = RequestKeys {
         client_ip: ip,
+        session,
         cookie: cookie.as_deref().map(str::as_bytes),
         header: query.header.as_deref().map(str::as_bytes),
         now: std::time::SystemTime::now()
@@ -99,12 +109,20 @@ pub fn explain(config: &Config, pool: Option<&str>, query: &Query) -> Result<Str
         d.outcome.as_str()
     );
     let reason = match why {
-        Reason::Pinned => "the cookie is valid and names this backend, which can take it".to_string(),
+        Reason::Pinned => match pool.affinity {
+            Affinity::Route => "the session id's route names this backend, which can take it".to_string(),
+            Affinity::Learn => "this session was learned from this backend, which can take it".to_string(),
+            _ => "the cookie is valid and names this backend, which can take it".to_string(),
+        },
         Reason::PinRefreshed => "the cookie names this backend; it is older than max_idle/4, so it is re-issued".to_string(),
-        Reason::PinInvalid => format!(
-            "the cookie is not valid here (malformed, forged, expired, or from another config), so this is a new session placed by client IP {ip}"
-        ),
-        Reason::PinOrphaned => "the cookie names a backend that is gone, down, disabled or past its drain; the session is re-placed by its client key".to_string(),
+        Reason::PinInvalid => match pool.affinity {
+            Affinity::Learn => format!("this instance has not learned that session (in a fresh process only the shared store could know it), so it is placed as new by client IP {ip}"),
+            _ => format!("the cookie is not valid here (malformed, forged, expired, or from another config), so this is a new session placed by client IP {ip}"),
+        },
+        Reason::PinOrphaned => match pool.affinity {
+            Affinity::Route => "the session id's route is unknown, or its backend is down, disabled or past its drain; the request is re-placed by the session id (Tomcat will start a new session)".to_string(),
+            _ => "the cookie names a backend that is gone, down, disabled or past its drain; the session is re-placed by its client key".to_string(),
+        },
         Reason::KeyOwner => "consistent hashing of the key picks this backend".to_string(),
         Reason::KeyOwnerUnavailable => "the key's own backend cannot take it; this is the next candidate".to_string(),
         Reason::NewSession => format!("no cookie: a new session, placed by client IP {ip}"),

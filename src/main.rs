@@ -81,7 +81,7 @@ enum CtlAction {
 }
 
 #[derive(Args)]
-#[command(group = clap::ArgGroup::new("key").required(true).multiple(true).args(["cookie", "ip", "header"]))]
+#[command(group = clap::ArgGroup::new("key").required(true).multiple(true).args(["cookie", "ip", "header", "jsessionid", "session"]))]
 struct ExplainArgs {
     #[arg(short, long)]
     config: PathBuf,
@@ -96,6 +96,13 @@ struct ExplainArgs {
     /// The affinity header's value.
     #[arg(long)]
     header: Option<String>,
+    /// A Tomcat session id, e.g. `8F3A….node1` (route affinity).
+    #[arg(long)]
+    jsessionid: Option<String>,
+    /// The application's session cookie value (learn affinity; this process has learned
+    /// nothing, so it shows where a new session would go).
+    #[arg(long)]
+    session: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -196,6 +203,8 @@ fn explain_cmd(a: ExplainArgs) -> anyhow::Result<()> {
         cookie: a.cookie,
         ip: a.ip,
         header: a.header,
+        jsessionid: a.jsessionid,
+        session: a.session,
     };
     print!("{}", explain::explain(&config, a.pool.as_deref(), &q)?);
     Ok(())

@@ -9,8 +9,11 @@ use std::time::Duration;
 use http::HeaderName;
 
 use crate::affinity::cookie::CookieCodec;
+use crate::affinity::learn::LearnTable;
 use crate::balancer::{Algorithm, Balancer, Member};
-use crate::config::{Affinity, Config, HashAlgorithm, HostMatch, PassiveConfig, PoolConfig};
+use crate::config::{
+    Affinity, Config, HashAlgorithm, HostMatch, LearnConfig, PassiveConfig, PoolConfig, RouteConfig,
+};
 use crate::state::{now_ms, BackendIdentity, BackendShared, PoolShared, Registry, State};
 
 pub struct Snapshot {
@@ -38,6 +41,14 @@ pub struct Pool {
     pub cookie: Option<CookieCodec>,
     /// Cookie backend token → backend index.
     tokens: ahash::HashMap<u64, usize>,
+    /// Tomcat route → backend index.
+    routes: ahash::HashMap<Arc<str>, usize>,
+    /// Backend id → index.
+    ids: ahash::HashMap<Arc<str>, usize>,
+    pub route_cfg: Option<RouteConfig>,
+    pub learn_cfg: Option<LearnConfig>,
+    /// Learned sessions (learn affinity), kept across reloads.
+    pub learned: Option<Arc<LearnTable>>,
     pub shared: Arc<PoolShared>,
     pub passive: PassiveConfig,
 }
@@ -76,6 +87,13 @@ impl Snapshot {
             }
         }
         let mut shared = registry.sync(&identities).into_iter();
+        let learn_pools: Vec<&str> = config
+            .pools
+            .iter()
+            .filter(|p| p.learn.is_some())
+            .map(|p| p.name.as_str())
+            .collect();
+        registry.retain_learned(&learn_pools);
         let pools = config
             .pools
             .iter()
@@ -197,6 +215,17 @@ fn build_pool(
         .enumerate()
         .map(|(i, b)| (b.token, i))
         .collect();
+    let routes = backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (b.route.clone(), i))
+        .collect();
+    let ids = backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (b.id.clone(), i))
+        .collect();
+    let learned = p.learn.as_ref().map(|l| registry.learn_table(&p.name, l));
     Pool {
         name: p.name.as_str().into(),
         affinity: p.affinity,
@@ -208,12 +237,28 @@ fn build_pool(
         backends,
         cookie,
         tokens,
+        routes,
+        ids,
+        route_cfg: p.route.clone(),
+        learn_cfg: p.learn.clone(),
+        learned,
         shared: registry.pool(&p.name),
         passive: p.passive.clone(),
     }
 }
 
 impl Pool {
+    /// The backend with this Tomcat route.
+    pub fn by_route(&self, route: &[u8]) -> Option<usize> {
+        let r = std::str::from_utf8(route).ok()?;
+        self.routes.get(r).copied()
+    }
+
+    /// The backend with this id.
+    pub fn by_id(&self, id: &str) -> Option<usize> {
+        self.ids.get(id).copied()
+    }
+
     /// The backend a cookie token names.
     pub fn by_token(&self, token: u64) -> Option<usize> {
         self.tokens.get(&token).copied()

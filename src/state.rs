@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize,
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::config::AdminState;
+use crate::affinity::learn::LearnTable;
+use crate::config::{AdminState, LearnConfig};
 use crate::proxy::upstream::ConnPool;
 
 /// Milliseconds on a process-wide monotonic clock (starts near 1, never 0).
@@ -363,6 +364,7 @@ struct BackendKey {
 pub struct Registry {
     backends: Mutex<HashMap<BackendKey, Arc<BackendShared>, ahash::RandomState>>,
     pools: Mutex<HashMap<String, Arc<PoolShared>, ahash::RandomState>>,
+    learned: Mutex<HashMap<String, (LearnConfig, Arc<LearnTable>), ahash::RandomState>>,
 }
 
 /// A backend as the snapshot builder names it.
@@ -399,6 +401,31 @@ impl Registry {
         }
         map.retain(|k, _| keep.contains(k));
         out
+    }
+
+    /// A pool's learned-session table: kept across reloads while its `[learn]` settings stay
+    /// the same (changed settings start a fresh table). Tables of pools that no longer use
+    /// learn affinity are dropped by [`Registry::retain_learned`].
+    pub fn learn_table(&self, pool: &str, cfg: &LearnConfig) -> Arc<LearnTable> {
+        let mut map = self.learned.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((c, t)) = map.get(pool) {
+            if c == cfg {
+                return t.clone();
+            }
+        }
+        let t = Arc::new(LearnTable::new(
+            pool,
+            cfg.capacity,
+            cfg.ttl,
+            cfg.store.as_deref(),
+        ));
+        map.insert(pool.to_string(), (cfg.clone(), t.clone()));
+        t
+    }
+
+    pub fn retain_learned(&self, pools: &[&str]) {
+        let mut map = self.learned.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|k, _| pools.contains(&k.as_str()));
     }
 
     pub fn pool(&self, name: &str) -> Arc<PoolShared> {

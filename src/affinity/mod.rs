@@ -3,6 +3,8 @@
 
 pub mod client_ip;
 pub mod cookie;
+pub mod learn;
+pub mod route;
 
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
@@ -81,6 +83,9 @@ pub struct RequestKeys<'a> {
     pub cookie: Option<&'a [u8]>,
     /// The value of the pool's affinity header, if any.
     pub header: Option<&'a [u8]>,
+    /// The application's session id: route mode's JSESSIONID (path parameter or cookie),
+    /// learn mode's session cookie value.
+    pub session: Option<&'a [u8]>,
     /// Unix seconds.
     pub now: u64,
 }
@@ -116,6 +121,23 @@ pub enum Reason {
 pub fn decide(pool: &Pool, req: &RequestKeys<'_>) -> Option<(Decision, Reason)> {
     match pool.affinity {
         Affinity::Cookie => decide_cookie(pool, req),
+        Affinity::Route => {
+            // Any session id is a pin; an unknown route pins to nothing (re-placed).
+            let pinned = req.session.map(|sid| {
+                let b = route::route_of(sid).and_then(|r| pool.by_route(r));
+                (b, Key::new(route::session_key(sid)))
+            });
+            decide_session(pool, req, pinned, req.session.map(route::session_key))
+        }
+        Affinity::Learn => {
+            // A learned session is a pin (to nothing if its backend was removed); an unknown
+            // one is a new session.
+            let pinned = req.session.and_then(|v| {
+                let id = pool.learned.as_ref()?.lookup(v)?;
+                Some((pool.by_id(&id), Key::new(v)))
+            });
+            decide_session(pool, req, pinned, req.session)
+        }
         Affinity::Ip => decide_keyed(pool, Key::ip(req.client_ip)),
         Affinity::Header => match req.header {
             Some(h) => decide_keyed(pool, Key::new(h)),
@@ -181,6 +203,44 @@ fn decide_cookie(pool: &Pool, req: &RequestKeys<'_>) -> Option<(Decision, Reason
         Reason::NewSession
     };
     Some((d, why))
+}
+
+/// route and learn modes: the application's session names a backend (`pinned`: the backend,
+/// if it still exists, and the key that re-places the session). If that backend can take
+/// it, it goes there; otherwise it is re-placed by the session id (spreading orphans evenly)
+/// and counts as moved. A request without a session is placed by client IP as new. tether
+/// sets no cookie of its own.
+fn decide_session(
+    pool: &Pool,
+    req: &RequestKeys<'_>,
+    pinned: Option<(Option<usize>, Key)>,
+    session: Option<&[u8]>,
+) -> Option<(Decision, Reason)> {
+    let decision = |backend, outcome, key, pinned_to_draining| Decision {
+        backend,
+        outcome,
+        issue_cookie: None,
+        key,
+        pinned_to_draining,
+    };
+    if let Some((b, key)) = pinned {
+        if let Some(b) = b.filter(|&b| pool.takes_pinned(b)) {
+            return Some((
+                decision(b, Outcome::Hit, key, !pool.takes_new(b)),
+                Reason::Pinned,
+            ));
+        }
+        let b = place(pool, key.as_bytes(), &[])?;
+        return Some((decision(b, Outcome::Moved, key, false), Reason::PinOrphaned));
+    }
+    let key = Key::ip(req.client_ip);
+    let b = place(pool, key.as_bytes(), &[])?;
+    let why = if session.is_some() {
+        Reason::PinInvalid
+    } else {
+        Reason::NewSession
+    };
+    Some((decision(b, Outcome::New, key, false), why))
 }
 
 /// ip and header modes: the key's own backend while it can serve the key (a draining one
@@ -260,8 +320,10 @@ pub fn retry(pool: &Pool, d: &mut Decision, tried: &[usize]) -> Option<usize> {
             }
             place(pool, d.key.as_bytes(), tried)?
         }
-        Affinity::Ip | Affinity::Header => {
-            d.outcome = Outcome::Moved;
+        Affinity::Ip | Affinity::Header | Affinity::Route | Affinity::Learn => {
+            if d.outcome == Outcome::Hit {
+                d.outcome = Outcome::Moved;
+            }
             place(pool, d.key.as_bytes(), tried)?
         }
     };

@@ -151,6 +151,8 @@ pub enum HostMatch {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Affinity {
     Cookie,
+    Route,
+    Learn,
     Ip,
     Header,
     None,
@@ -160,6 +162,8 @@ impl Affinity {
     pub fn as_str(self) -> &'static str {
         match self {
             Affinity::Cookie => "cookie",
+            Affinity::Route => "route",
+            Affinity::Learn => "learn",
             Affinity::Ip => "ip",
             Affinity::Header => "header",
             Affinity::None => "none",
@@ -196,6 +200,10 @@ pub struct PoolConfig {
     pub header: Option<HeaderName>,
     /// For `affinity = "cookie"` (defaults filled in).
     pub cookie: Option<CookieConfig>,
+    /// For `affinity = "route"`.
+    pub route: Option<RouteConfig>,
+    /// For `affinity = "learn"`.
+    pub learn: Option<LearnConfig>,
     /// Active checks; `None` = none (backends are up unless passive checks say otherwise).
     pub health: Option<HealthConfig>,
     pub passive: PassiveConfig,
@@ -242,6 +250,47 @@ impl Default for CookieConfig {
             secure: Secure::Auto,
             http_only: true,
             same_site: SameSite::Lax,
+        }
+    }
+}
+
+/// `[pools.NAME.route]`: Tomcat jvmRoute affinity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteConfig {
+    /// The session cookie whose value ends in `.<route>`.
+    pub cookie: String,
+    /// The `;name=` path parameter of URL-rewritten sessions (checked first).
+    pub url_param: String,
+}
+
+impl Default for RouteConfig {
+    fn default() -> Self {
+        RouteConfig {
+            cookie: "JSESSIONID".into(),
+            url_param: "jsessionid".into(),
+        }
+    }
+}
+
+/// `[pools.NAME.learn]`: sessions learned from the application's own cookie.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LearnConfig {
+    pub cookie: String,
+    /// Idle expiry of a learned session.
+    pub ttl: Duration,
+    /// Bound on remembered sessions.
+    pub capacity: u64,
+    /// `redis://host:port/db` to share learned sessions between instances.
+    pub store: Option<String>,
+}
+
+impl Default for LearnConfig {
+    fn default() -> Self {
+        LearnConfig {
+            cookie: "session".into(),
+            ttl: Duration::from_secs(30 * 60),
+            capacity: 1_000_000,
+            store: None,
         }
     }
 }

@@ -15,10 +15,7 @@ use super::*;
 /// Keys of PRODUCT.md that this version does not implement yet, per section: a clear
 /// error instead of "unknown key", and never silently ignored.
 const ROOT_NOT_YET: &[(&str, &str)] = &[("tls", "TLS termination")];
-const POOL_NOT_YET: &[(&str, &str)] = &[
-    ("route", "route (jvmRoute) affinity"),
-    ("learn", "learn affinity"),
-];
+const POOL_NOT_YET: &[(&str, &str)] = &[];
 
 pub(super) fn parse(text: &str, file: &str) -> Result<Config, Vec<Diagnostic>> {
     let mut r = Reader::new(text, file);
@@ -419,6 +416,8 @@ fn read_pool(r: &mut Reader, t: &dyn TableLike, name: &str, path: &str) -> Optio
             "drain_timeout",
             "header",
             "cookie",
+            "route",
+            "learn",
             "health",
             "passive",
             "backends",
@@ -431,6 +430,8 @@ fn read_pool(r: &mut Reader, t: &dyn TableLike, name: &str, path: &str) -> Optio
                 v,
                 &[
                     ("cookie", Affinity::Cookie),
+                    ("route", Affinity::Route),
+                    ("learn", Affinity::Learn),
                     ("ip", Affinity::Ip),
                     ("header", Affinity::Header),
                     ("none", Affinity::None),
@@ -517,6 +518,8 @@ fn read_pool(r: &mut Reader, t: &dyn TableLike, name: &str, path: &str) -> Optio
         Affinity::Cookie => Some(cookie.unwrap_or_default()),
         _ => None,
     };
+    let route = sub_section(r, t, path, "route", affinity == Affinity::Route, read_route);
+    let learn = sub_section(r, t, path, "learn", affinity == Affinity::Learn, read_learn);
     let health = r
         .table(t, path, "health")
         .map(|h| read_health(r, h, &join(path, "health")));
@@ -541,10 +544,85 @@ fn read_pool(r: &mut Reader, t: &dyn TableLike, name: &str, path: &str) -> Optio
         drain_timeout,
         header,
         cookie,
+        route,
+        learn,
         health,
         passive,
         backends,
     })
+}
+
+/// A pool sub-table that belongs to one affinity mode: an error when present for another
+/// mode, defaults when absent for its own.
+fn sub_section<T: Default>(
+    r: &mut Reader,
+    t: &dyn TableLike,
+    path: &str,
+    key: &str,
+    wanted: bool,
+    read: fn(&mut Reader, &dyn TableLike, &str) -> T,
+) -> Option<T> {
+    let full = join(path, key);
+    let given = r.table(t, path, key).map(|sub| read(r, sub, &full));
+    if given.is_some() && !wanted {
+        r.error_at(
+            Reader::span_of(t, key),
+            &full,
+            format!("only used with affinity = \"{key}\""),
+        );
+    }
+    wanted.then(|| given.unwrap_or_default())
+}
+
+fn token_name(what: &str) -> impl Fn(&toml_edit::Value) -> Result<String, String> + '_ {
+    move |v| {
+        as_str(v).and_then(|s| {
+            let ok = !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if ok {
+                Ok(s)
+            } else {
+                Err(format!("{s:?} is not a valid {what}"))
+            }
+        })
+    }
+}
+
+fn read_route(r: &mut Reader, t: &dyn TableLike, path: &str) -> RouteConfig {
+    check_keys(r, t, path, &["cookie", "url_param"], &[]);
+    let mut c = RouteConfig::default();
+    if let Some(v) = r.opt(t, path, "cookie", token_name("cookie name")) {
+        c.cookie = v;
+    }
+    if let Some(v) = r.opt(t, path, "url_param", token_name("path parameter name")) {
+        c.url_param = v;
+    }
+    c
+}
+
+fn read_learn(r: &mut Reader, t: &dyn TableLike, path: &str) -> LearnConfig {
+    check_keys(r, t, path, &["cookie", "ttl", "capacity", "store"], &[]);
+    let mut c = LearnConfig::default();
+    if let Some(v) = r.opt(t, path, "cookie", token_name("cookie name")) {
+        c.cookie = v;
+    }
+    if let Some(d) = r.opt(t, path, "ttl", as_duration) {
+        c.ttl = d;
+    }
+    if let Some(n) = r.opt(t, path, "capacity", |v| as_int(v, 1, 100_000_000)) {
+        c.capacity = n as u64;
+    }
+    c.store = r.opt(t, path, "store", |v| {
+        as_str(v).and_then(|s| {
+            if s.starts_with("redis://") && s.len() > "redis://".len() {
+                Ok(s)
+            } else {
+                Err(format!("{s:?} is not a redis:// URL"))
+            }
+        })
+    });
+    c
 }
 
 fn read_cookie(r: &mut Reader, t: &dyn TableLike, path: &str) -> CookieConfig {

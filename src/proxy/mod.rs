@@ -147,7 +147,38 @@ async fn proxy(
         )
     });
     trace.client = Some(client);
+    // route and learn: the application's own session id.
+    let session: Option<&[u8]> = match (&pool.route_cfg, &pool.learn_cfg) {
+        (Some(r), _) => {
+            let c = cookie::find_cookie(
+                req.headers()
+                    .get_all(header::COOKIE)
+                    .iter()
+                    .map(HeaderValue::as_bytes),
+                &r.cookie,
+            );
+            affinity::route::session_id(req.uri().path(), c, &r.url_param)
+        }
+        (None, Some(l)) => cookie::find_cookie(
+            req.headers()
+                .get_all(header::COOKIE)
+                .iter()
+                .map(HeaderValue::as_bytes),
+            &l.cookie,
+        ),
+        _ => None,
+    };
+    // Kept (only in learn mode) to forget the session if the response deletes it.
+    let learn_session: Option<Box<[u8]>> =
+        session.filter(|_| pool.learned.is_some()).map(Into::into);
+    // learn with a shared store: a session this instance does not know may be known there.
+    if let (Some(v), Some(table)) = (session, &pool.learned) {
+        if table.has_store() && table.lookup(v).is_none() {
+            table.lookup_shared(v).await;
+        }
+    }
     let keys = RequestKeys {
+        session,
         client_ip: client,
         cookie: cookie_value,
         header: pool
@@ -261,6 +292,7 @@ async fn proxy(
     }
     headers::remove_hop_by_hop(&mut parts.headers, false);
     add_cookie(pool, &decision, conn, &mut parts.headers);
+    learn_from_response(pool, backend, learn_session.as_deref(), &parts.headers);
     let body = UpstreamBody::new(incoming, Some(sender), backend.shared.clone(), in_flight);
     Ok(Response::from_parts(parts, ProxyBody::upstream(body)))
 }
@@ -410,6 +442,33 @@ fn add_cookie(pool: &Pool, d: &Decision, conn: ConnInfo, h: &mut http::HeaderMap
     if let Ok(v) = HeaderValue::from_str(&codec.set_cookie(&value, conn.tls)) {
         h.append(header::SET_COOKIE, v);
         headers::make_private(h);
+    }
+}
+
+/// learn affinity: remember the sessions the backend's response sets; a response that
+/// deletes the cookie ends the session the request carried.
+fn learn_from_response(
+    pool: &Pool,
+    backend: &crate::runtime::Backend,
+    request_session: Option<&[u8]>,
+    h: &http::HeaderMap,
+) {
+    let (Some(table), Some(cfg)) = (&pool.learned, &pool.learn_cfg) else {
+        return;
+    };
+    let set = h
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes);
+    for (value, deleted) in affinity::learn::set_cookie_values(set, &cfg.cookie) {
+        if deleted {
+            table.forget(value);
+            if let Some(s) = request_session {
+                table.forget(s);
+            }
+        } else {
+            table.learn(value, &backend.id);
+        }
     }
 }
 

@@ -213,6 +213,18 @@ async fn handle(
                 header::HeaderValue::from_static("text/event-stream"),
             );
         }
+        "/set-session" => {
+            // Sets the application's own session cookie: ?n=NAME&v=VALUE[&del=1]
+            let n = query(&req, "n").unwrap_or_else(|| "session".into());
+            let v = query(&req, "v").unwrap_or_default();
+            let c = if query(&req, "del").is_some() {
+                format!("{n}=; Max-Age=0; Path=/")
+            } else {
+                format!("{n}={v}; Path=/; HttpOnly")
+            };
+            res.headers_mut()
+                .insert(header::SET_COOKIE, c.parse().unwrap());
+        }
         "/slow" => {
             tokio::time::sleep(Duration::from_secs(3)).await;
         }
