@@ -115,6 +115,30 @@ fn explain_follows_a_real_cookie() {
 }
 
 #[test]
+fn explain_reads_a_tomcat_route() {
+    let (code, out, err) = tether(&[
+        "explain",
+        "-c",
+        "examples/tomcat/tether.toml",
+        "--jsessionid",
+        "8F3AC1.node2",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("→ tc2 (10.0.0.12:8080), affinity outcome: hit"),
+        "{out}"
+    );
+    let (_, out, _) = tether(&[
+        "explain",
+        "-c",
+        "examples/tomcat/tether.toml",
+        "--jsessionid",
+        "8F3AC1.node7",
+    ]);
+    assert!(out.contains("affinity outcome: moved"), "{out}");
+}
+
+#[test]
 fn explain_needs_a_key_and_a_pool_choice() {
     let (code, _, err) = tether(&["explain", "-c", "config/cookie.toml"]);
     assert_ne!(code, 0);

@@ -37,6 +37,20 @@ fn every_example_config_parses() {
 }
 
 #[test]
+fn every_example_directory_config_parses() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path().join("tether.toml");
+        if path.exists() {
+            Config::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            n += 1;
+        }
+    }
+    assert!(n >= 2, "examples/tomcat and examples/flask, found {n}");
+}
+
+#[test]
 fn full_example_has_the_documented_values() {
     let c =
         Config::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tether.toml"))
