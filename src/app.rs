@@ -9,11 +9,12 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 
 use crate::access_log::AccessLogger;
-use crate::config::Config;
+use crate::config::{Config, Diagnostic};
 use crate::health::Checker;
 use crate::runtime::Snapshot;
 use crate::server::ListenerSet;
 use crate::state::Registry;
+use crate::tls::TlsMaterial;
 
 /// Facts about the loaded config for `/status`.
 #[derive(Debug, Clone)]
@@ -46,10 +47,11 @@ pub struct App {
 
 impl App {
     /// Builds the first snapshot and starts health checks and the access log writer. Must
-    /// run inside a tokio runtime.
-    pub fn new(config: Config, path: Option<PathBuf>) -> Arc<App> {
+    /// run inside a tokio runtime. Fails only on TLS files (certificates, keys, CAs).
+    pub fn new(config: Config, path: Option<PathBuf>) -> Result<Arc<App>, Vec<Diagnostic>> {
+        let tls = crate::tls::load(&config, &base_dir(path.as_deref()))?;
         let registry = Arc::new(Registry::default());
-        let snap = Snapshot::build(Arc::new(config), &registry, None);
+        let snap = Snapshot::build(Arc::new(config), tls, &registry, None);
         let app = App {
             health: Checker::default(),
             access_log: AccessLogger::stdout(),
@@ -69,7 +71,16 @@ impl App {
             listeners: Mutex::new(ListenerSet::default()),
         };
         app.health.reconcile(&app.snapshot());
-        Arc::new(app)
+        Ok(Arc::new(app))
+    }
+
+    /// Loads `config`'s TLS files (relative to the config file) and installs it; on a TLS
+    /// problem nothing changes.
+    pub fn load_and_install(&self, config: Config) -> Result<(), Vec<Diagnostic>> {
+        let base = base_dir(self.meta().path.as_deref());
+        let tls = crate::tls::load(&config, &base)?;
+        self.install(config, tls);
+        Ok(())
     }
 
     /// The current snapshot; hold it for the whole request.
@@ -79,10 +90,11 @@ impl App {
 
     /// Builds a snapshot of `config` (keeping long-lived state by identity), swaps it in and
     /// brings health checks in line with it.
-    pub fn install(&self, config: Config) {
+    pub fn install(&self, config: Config, tls: TlsMaterial) {
         let current = self.snapshot();
         let snap = Arc::new(Snapshot::build(
             Arc::new(config),
+            tls,
             &self.registry,
             Some(&current),
         ));
@@ -108,4 +120,13 @@ impl App {
         l.push((listener.to_string(), g.clone()));
         g
     }
+}
+
+/// Where relative file names in a config resolve: the config file's directory.
+pub fn base_dir(config_path: Option<&std::path::Path>) -> PathBuf {
+    config_path
+        .and_then(|p| p.parent())
+        .filter(|d| !d.as_os_str().is_empty())
+        .map(|d| d.to_path_buf())
+        .unwrap_or_else(|| PathBuf::from("."))
 }

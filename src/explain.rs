@@ -46,7 +46,12 @@ pub fn explain(config: &Config, pool: Option<&str>, query: &Query) -> Result<Str
         }
     };
     let registry = Arc::new(Registry::default());
-    let snap = Snapshot::build(Arc::new(config.clone()), &registry, None);
+    let snap = Snapshot::build(
+        Arc::new(config.clone()),
+        crate::tls::TlsMaterial::default(),
+        &registry,
+        None,
+    );
     for p in &snap.pools {
         for b in &p.backends {
             b.shared.set_active_verdict(true);

@@ -6,13 +6,14 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
 use crate::config::HealthConfig;
+use crate::proxy::upstream::tcp_connect;
 use crate::runtime::Snapshot;
 use crate::state::BackendShared;
+use crate::tls::BackendTls;
 
 /// How often a backend without a verdict yet is probed, so new backends join quickly.
 const FIRST_VERDICT_INTERVAL: Duration = Duration::from_millis(100);
@@ -53,23 +54,26 @@ impl Checker {
                     id: b.id.to_string(),
                     address: b.address.to_string(),
                 };
-                wanted.insert(key, (h.clone(), b.socket_addr, b.shared.clone()));
+                wanted.insert(
+                    key,
+                    (h.clone(), b.socket_addr, b.tls.clone(), b.shared.clone()),
+                );
             }
         }
         tasks.retain(|k, (cfg, task)| {
-            let keep = wanted.get(k).is_some_and(|(h, _, _)| h == cfg);
+            let keep = wanted.get(k).is_some_and(|(h, _, _, _)| h == cfg);
             if !keep {
                 task.abort();
             }
             keep
         });
-        for (key, (cfg, addr, shared)) in wanted {
+        for (key, (cfg, addr, tls, shared)) in wanted {
             if tasks.contains_key(&key) {
                 continue;
             }
             let address = key.address.clone();
             let c = cfg.clone();
-            let task = tokio::spawn(async move { run(address, addr, c, shared).await });
+            let task = tokio::spawn(async move { run(address, addr, tls, c, shared).await });
             tasks.insert(key, (cfg, task));
         }
     }
@@ -114,12 +118,13 @@ pub fn first_verdict_limit(snap: &Snapshot) -> Duration {
 async fn run(
     address: String,
     addr: Option<SocketAddr>,
+    tls: Option<Arc<BackendTls>>,
     cfg: HealthConfig,
     shared: Arc<BackendShared>,
 ) {
     let (mut oks, mut fails) = (0u32, 0u32);
     loop {
-        let ok = probe(&address, addr, &cfg).await;
+        let ok = probe(&address, addr, tls.as_deref(), &cfg).await;
         if ok {
             oks += 1;
             fails = 0;
@@ -146,36 +151,54 @@ async fn run(
     }
 }
 
-/// One probe: TCP connect, or an HTTP GET whose status must fall in `expect`.
-async fn probe(address: &str, addr: Option<SocketAddr>, cfg: &HealthConfig) -> bool {
+/// One probe: TCP connect (plus the TLS handshake for an HTTPS backend), or an HTTP GET
+/// whose status must fall in `expect`.
+async fn probe(
+    address: &str,
+    addr: Option<SocketAddr>,
+    tls: Option<&BackendTls>,
+    cfg: &HealthConfig,
+) -> bool {
     let attempt = async {
-        let mut stream = match addr {
-            Some(a) => TcpStream::connect(a).await.ok()?,
-            None => TcpStream::connect(address).await.ok()?,
-        };
-        let Some(path) = &cfg.path else {
-            return Some(true);
-        };
-        let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {address}\r\nUser-Agent: tether-health-check\r\nConnection: close\r\n\r\n"
-        );
-        stream.write_all(req.as_bytes()).await.ok()?;
-        let mut buf = [0u8; 64];
-        let mut n = 0;
-        while n < 12 {
-            let m = stream.read(&mut buf[n..]).await.ok()?;
-            if m == 0 {
-                break;
+        let stream = tcp_connect(address, addr).await.ok()?;
+        match tls {
+            None => http_check(stream, address, cfg).await,
+            Some(t) => {
+                let connector = tokio_rustls::TlsConnector::from(t.config.clone());
+                let stream = connector.connect(t.name.clone(), stream).await.ok()?;
+                http_check(stream, address, cfg).await
             }
-            n += m;
         }
-        let code = parse_status(&buf[..n])?;
-        Some((cfg.expect.0..=cfg.expect.1).contains(&code))
     };
     matches!(
         tokio::time::timeout(cfg.timeout, attempt).await,
         Ok(Some(true))
     )
+}
+
+async fn http_check<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    address: &str,
+    cfg: &HealthConfig,
+) -> Option<bool> {
+    let Some(path) = &cfg.path else {
+        return Some(true);
+    };
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nUser-Agent: tether-health-check\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(req.as_bytes()).await.ok()?;
+    let mut buf = [0u8; 64];
+    let mut n = 0;
+    while n < 12 {
+        let m = stream.read(&mut buf[n..]).await.ok()?;
+        if m == 0 {
+            break;
+        }
+        n += m;
+    }
+    let code = parse_status(&buf[..n])?;
+    Some((cfg.expect.0..=cfg.expect.1).contains(&code))
 }
 
 /// The status code of an `HTTP/1.x NNN` status line.

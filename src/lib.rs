@@ -27,3 +27,4 @@ pub mod reload;
 pub mod runtime;
 pub mod server;
 pub mod state;
+pub mod tls;

@@ -140,22 +140,41 @@ fn load(path: &Path) -> anyhow::Result<Config> {
     Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
+fn diagnostics(d: Vec<tether::config::Diagnostic>) -> anyhow::Error {
+    anyhow::anyhow!(d
+        .iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
 fn check(path: &Path) -> ExitCode {
-    match Config::load(path) {
-        Ok(c) => {
+    let loaded = Config::load(path).and_then(|c| {
+        // Certificates and keys are part of the config: read and match them too.
+        match tether::tls::load(&c, &tether::app::base_dir(Some(path))) {
+            Ok(tls) => Ok((c, tls.warnings)),
+            Err(d) => Err(ConfigError::Invalid(d)),
+        }
+    });
+    match loaded {
+        Ok((c, tls_warnings)) => {
+            for w in tls_warnings {
+                println!("warning: {w}");
+            }
             println!("{}: OK", path.display());
             for w in c.warnings() {
                 println!("warning: {w}");
             }
-            println!(
-                "listen http: {}",
-                c.listen
-                    .http
-                    .iter()
+            let addrs = |v: &[SocketAddr]| {
+                v.iter()
                     .map(|a| a.to_string())
                     .collect::<Vec<_>>()
                     .join(", ")
-            );
+            };
+            println!("listen http: {}", addrs(&c.listen.http));
+            if !c.listen.https.is_empty() {
+                println!("listen https: {}", addrs(&c.listen.https));
+            }
             for r in &c.routes {
                 println!(
                     "route host {} path {} → pool {}",
@@ -212,7 +231,7 @@ fn explain_cmd(a: ExplainArgs) -> anyhow::Result<()> {
 
 async fn run(path: PathBuf) -> anyhow::Result<()> {
     let config = load(&path)?;
-    let listeners = server::bind(&config.listen.http).await?;
+    let listeners = server::bind(&config.listen).await?;
     let admin_listener = match &config.admin {
         Some(a) => Some(
             tokio::net::TcpListener::bind(a.listen)
@@ -221,13 +240,13 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let app = App::new(config, Some(path));
+    let app = App::new(config, Some(path)).map_err(diagnostics)?;
     // New backends are health-checked before they get sessions: wait for first verdicts.
     let snap = app.snapshot();
     health::first_verdicts(&snap, health::first_verdict_limit(&snap)).await;
     drop(snap);
-    for (_, l) in &listeners {
-        tracing::info!(address = %l.local_addr()?, "listening (http)");
+    for (_, kind, l) in &listeners {
+        tracing::info!(address = %l.local_addr()?, ?kind, "listening");
     }
     reload::spawn_triggers(&app);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -308,7 +327,7 @@ async fn run_demo(listen: SocketAddr) -> anyhow::Result<()> {
         backends.push(demo::spawn_backend(name).await?);
     }
     let config = demo::config(listen, &backends).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let listeners = server::bind(&config.listen.http).await?;
+    let listeners = server::bind(&config.listen).await?;
     eprintln!("tether demo: proxy on http://{listen}, backends demo-1..3 on {backends:?}");
     eprintln!(
         "try:  curl -c jar -b jar http://{listen}/   (repeat: same backend, visit count rises)"
@@ -316,6 +335,7 @@ async fn run_demo(listen: SocketAddr) -> anyhow::Result<()> {
     eprintln!(
         "      curl http://{listen}/                 (no cookie jar: a new session each time)"
     );
-    server::serve(App::new(config, None), listeners, server::shutdown_signal()).await;
+    let app = App::new(config, None).map_err(diagnostics)?;
+    server::serve(app, listeners, server::shutdown_signal()).await;
     Ok(())
 }

@@ -83,9 +83,11 @@ fn read_and_apply(app: &App, path: &Path, trigger: Trigger) -> Result<Option<u64
         other => ReloadError::Read(other.to_string()),
     })?;
     warn_restart_needed(app, &config);
-    crate::server::apply_listen(app, &config.listen.http)
+    let tls = crate::tls::load(&config, &crate::app::base_dir(Some(path)))
+        .map_err(ReloadError::Invalid)?;
+    crate::server::apply_listen(app, &config.listen)
         .map_err(|e| ReloadError::Listen(e.to_string()))?;
-    app.install(config);
+    app.install(config, tls);
     let mut meta = app.meta();
     meta.content_hash = Some(hash);
     Ok(Some(meta.generation))

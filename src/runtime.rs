@@ -15,9 +15,12 @@ use crate::config::{
     Affinity, Config, HashAlgorithm, HostMatch, LearnConfig, PassiveConfig, PoolConfig, RouteConfig,
 };
 use crate::state::{now_ms, BackendIdentity, BackendShared, PoolShared, Registry, State};
+use crate::tls::{BackendTls, TlsMaterial};
 
 pub struct Snapshot {
     pub config: Arc<Config>,
+    /// The https listeners' TLS settings (certificates as loaded with this config).
+    pub tls_server: Option<Arc<rustls::ServerConfig>>,
     pub pools: Vec<Pool>,
     /// Routes sorted most specific first.
     routes: Vec<RouteEntry>,
@@ -47,6 +50,8 @@ pub struct Pool {
     ids: ahash::HashMap<Arc<str>, usize>,
     pub route_cfg: Option<RouteConfig>,
     pub learn_cfg: Option<LearnConfig>,
+    /// Plain-HTTP requests get a 308 to https.
+    pub redirect_http: bool,
     /// Learned sessions (learn affinity), kept across reloads.
     pub learned: Option<Arc<LearnTable>>,
     pub shared: Arc<PoolShared>,
@@ -61,6 +66,8 @@ pub struct Backend {
     pub socket_addr: Option<SocketAddr>,
     pub weight: u32,
     pub route: Arc<str>,
+    /// HTTPS to this backend.
+    pub tls: Option<Arc<BackendTls>>,
     pub token: u64,
     pub shared: Arc<BackendShared>,
 }
@@ -71,6 +78,7 @@ impl Snapshot {
     /// selection table (no rebuild, and trivially no key moves).
     pub fn build(
         config: Arc<Config>,
+        tls: TlsMaterial,
         registry: &Arc<Registry>,
         previous: Option<&Snapshot>,
     ) -> Snapshot {
@@ -99,7 +107,7 @@ impl Snapshot {
             .iter()
             .map(|p| {
                 let old = previous.and_then(|s| s.pools.iter().find(|o| *o.name == *p.name));
-                build_pool(p, &mut shared, registry, old)
+                build_pool(p, &mut shared, registry, old, &tls)
             })
             .collect::<Vec<_>>();
         let mut routes: Vec<RouteEntry> = config
@@ -125,6 +133,7 @@ impl Snapshot {
         });
         Snapshot {
             config,
+            tls_server: tls.server,
             pools,
             routes,
         }
@@ -165,6 +174,7 @@ fn build_pool(
     shared: &mut impl Iterator<Item = Arc<BackendShared>>,
     registry: &Arc<Registry>,
     previous: Option<&Pool>,
+    tls: &TlsMaterial,
 ) -> Pool {
     let cookie = p.cookie.as_ref().map(CookieCodec::new);
     let backends: Vec<Backend> = p
@@ -176,6 +186,7 @@ fn build_pool(
             socket_addr: b.address.parse().ok(),
             weight: b.weight,
             route: b.route.as_str().into(),
+            tls: tls.backends.get(&(p.name.clone(), b.id.clone())).cloned(),
             token: cookie.as_ref().map(|c| c.backend_token(&b.id)).unwrap_or(0),
             // `sync` returned one entry per configured backend, in this order.
             shared: shared
@@ -242,6 +253,7 @@ fn build_pool(
         route_cfg: p.route.clone(),
         learn_cfg: p.learn.clone(),
         learned,
+        redirect_http: p.redirect_http,
         shared: registry.pool(&p.name),
         passive: p.passive.clone(),
     }

@@ -17,15 +17,24 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::app::App;
-use crate::config::ProxySettings;
+use crate::config::{Listen, ProxySettings};
 use crate::proxy::{self, ConnInfo};
+use tokio_rustls::TlsAcceptor;
 
-/// Binds every address in `[listen] http`; each listener is kept with the address the
-/// config names it by.
-pub async fn bind(addrs: &[SocketAddr]) -> std::io::Result<Vec<(SocketAddr, TcpListener)>> {
-    addrs
-        .iter()
-        .map(|a| bind_one(*a).map(|l| (*a, l)))
+/// Whether a listener terminates TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Http,
+    Https,
+}
+
+/// Binds every `[listen]` address; each listener is kept with the address the config names
+/// it by, and its kind.
+pub async fn bind(listen: &Listen) -> std::io::Result<Vec<(SocketAddr, Kind, TcpListener)>> {
+    let http = listen.http.iter().map(|a| (*a, Kind::Http));
+    let https = listen.https.iter().map(|a| (*a, Kind::Https));
+    http.chain(https)
+        .map(|(a, k)| bind_one(a).map(|l| (a, k, l)))
         .collect()
 }
 
@@ -36,14 +45,15 @@ fn bind_one(a: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(std)
 }
 
-type Accepted = (TcpStream, SocketAddr, Arc<AtomicU64>);
+type Accepted = (TcpStream, SocketAddr, Kind, Arc<AtomicU64>);
 
-/// The running listeners, by configured address, and where they hand connections. The
-/// channel exists from the start, so a reload before `serve` runs still applies.
+/// The running listeners, by configured address and kind, and where they hand
+/// connections. The channel exists from the start, so a reload before `serve` runs still
+/// applies.
 pub struct ListenerSet {
     tx: Option<mpsc::Sender<Accepted>>,
     rx: Option<mpsc::Receiver<Accepted>>,
-    acceptors: Vec<(SocketAddr, JoinHandle<()>)>,
+    acceptors: Vec<(SocketAddr, Kind, JoinHandle<()>)>,
 }
 
 impl Default for ListenerSet {
@@ -58,11 +68,7 @@ impl Default for ListenerSet {
 }
 
 impl ListenerSet {
-    pub fn addresses(&self) -> Vec<SocketAddr> {
-        self.acceptors.iter().map(|(a, _)| *a).collect()
-    }
-
-    fn start(&mut self, app: &App, configured: SocketAddr, l: TcpListener) {
+    fn start(&mut self, app: &App, configured: SocketAddr, kind: Kind, l: TcpListener) {
         let Some(tx) = self.tx.clone() else { return };
         let name = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
         let gauge = app.listener_gauge(&name);
@@ -70,7 +76,7 @@ impl ListenerSet {
             loop {
                 match l.accept().await {
                     Ok((stream, peer)) => {
-                        if tx.send((stream, peer, gauge.clone())).await.is_err() {
+                        if tx.send((stream, peer, kind, gauge.clone())).await.is_err() {
                             return;
                         }
                     }
@@ -82,42 +88,48 @@ impl ListenerSet {
                 }
             }
         });
-        self.acceptors.push((configured, task));
+        self.acceptors.push((configured, kind, task));
     }
 
     fn stop_all(&mut self) {
         self.tx = None;
-        for (_, t) in self.acceptors.drain(..) {
+        for (_, _, t) in self.acceptors.drain(..) {
             t.abort();
         }
     }
 }
 
-/// Makes the listeners match `wanted`: binds the new addresses first (if any fails, nothing
+/// Makes the listeners match `listen`: binds the new addresses first (if any fails, nothing
 /// changes and the error is returned), then starts them and stops accepting on addresses no
 /// longer wanted. Connections already accepted finish normally. Does nothing once the
 /// server has shut down.
-pub fn apply_listen(app: &App, wanted: &[SocketAddr]) -> std::io::Result<()> {
+pub fn apply_listen(app: &App, listen: &Listen) -> std::io::Result<()> {
     let mut set = app.listeners.lock().unwrap_or_else(|e| e.into_inner());
     if set.tx.is_none() {
         return Ok(());
     }
-    let current = set.addresses();
+    let wanted: Vec<(SocketAddr, Kind)> = listen
+        .http
+        .iter()
+        .map(|a| (*a, Kind::Http))
+        .chain(listen.https.iter().map(|a| (*a, Kind::Https)))
+        .collect();
+    let current: Vec<(SocketAddr, Kind)> = set.acceptors.iter().map(|(a, k, _)| (*a, *k)).collect();
     let mut fresh = Vec::new();
-    for a in wanted.iter().filter(|a| !current.contains(a)) {
-        fresh.push((*a, bind_one(*a)?));
+    for (a, k) in wanted.iter().filter(|w| !current.contains(w)) {
+        fresh.push((*a, *k, bind_one(*a)?));
     }
-    set.acceptors.retain(|(a, task)| {
-        let keep = wanted.contains(a);
+    set.acceptors.retain(|(a, k, task)| {
+        let keep = wanted.contains(&(*a, *k));
         if !keep {
             tracing::info!(address = %a, "no longer listening (removed from [listen])");
             task.abort();
         }
         keep
     });
-    for (a, l) in fresh {
-        tracing::info!(address = %a, "listening (http, added by reload)");
-        set.start(app, a, l);
+    for (a, k, l) in fresh {
+        tracing::info!(address = %a, kind = ?k, "listening (added by reload)");
+        set.start(app, a, k, l);
     }
     Ok(())
 }
@@ -127,13 +139,13 @@ pub fn apply_listen(app: &App, wanted: &[SocketAddr]) -> std::io::Result<()> {
 /// at that moment).
 pub async fn serve(
     app: Arc<App>,
-    listeners: Vec<(SocketAddr, TcpListener)>,
+    listeners: Vec<(SocketAddr, Kind, TcpListener)>,
     shutdown: impl Future<Output = ()>,
 ) {
     let rx = {
         let mut set = app.listeners.lock().unwrap_or_else(|e| e.into_inner());
-        for (a, l) in listeners {
-            set.start(&app, a, l);
+        for (a, k, l) in listeners {
+            set.start(&app, a, k, l);
         }
         set.rx.take()
     };
@@ -147,19 +159,42 @@ pub async fn serve(
     loop {
         tokio::select! {
             conn = rx.recv() => {
-                let Some((stream, peer, gauge)) = conn else { break };
-                let settings = app.snapshot().config.proxy.clone();
+                let Some((stream, peer, kind, gauge)) = conn else { break };
+                let snap = app.snapshot();
+                let settings = snap.config.proxy.clone();
+                let tls = match kind {
+                    Kind::Http => None,
+                    Kind::Https => match &snap.tls_server {
+                        // The certificates current at accept time: reloads reach new connections.
+                        Some(c) => Some(TlsAcceptor::from(c.clone())),
+                        None => continue,
+                    },
+                };
+                drop(snap);
                 let watcher = graceful.watcher();
                 let app = app.clone();
                 tokio::spawn(async move {
                     gauge.fetch_add(1, Ordering::Relaxed);
                     let _open = Decrement(gauge);
                     let _ = stream.set_nodelay(true);
-                    let info = ConnInfo { peer, tls: false };
-                    let builder = builder(&settings);
+                    let info = ConnInfo { peer, tls: tls.is_some() };
                     let service = service_fn(move |req| proxy::handle(app.clone(), info, req));
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    if let Err(e) = watcher.watch(conn.into_owned()).await {
+                    let builder = builder(&settings);
+                    let result = match tls {
+                        None => {
+                            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                            watcher.watch(conn.into_owned()).await
+                        }
+                        Some(acceptor) => {
+                            let Ok(Ok(tls_stream)) = tokio::time::timeout(settings.header_timeout, acceptor.accept(stream)).await else {
+                                tracing::debug!(client = %peer, "TLS handshake failed or timed out");
+                                return;
+                            };
+                            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
+                            watcher.watch(conn.into_owned()).await
+                        }
+                    };
+                    if let Err(e) = result {
                         tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
                     }
                 });

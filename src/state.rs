@@ -70,10 +70,11 @@ const HEALTHY: u8 = 1;
 const UNHEALTHY: u8 = 2;
 
 /// Upstream error kinds counted per backend (`upstream_errors_total{kind}`).
-pub const ERROR_KINDS: [&str; 7] = [
+pub const ERROR_KINDS: [&str; 8] = [
     "connect",
     "connect_timeout",
     "resolve",
+    "tls",
     "handshake",
     "response_timeout",
     "response",

@@ -255,7 +255,8 @@ async fn disabled_backend_gets_no_traffic_and_its_sessions_move_with_a_new_cooki
     assert_ne!(disabled, cfg);
     proxy
         .app
-        .install(tether::config::Config::parse(&disabled, "t").unwrap());
+        .load_and_install(tether::config::Config::parse(&disabled, "t").unwrap())
+        .unwrap();
     let before = b.hits();
     let moved = cl.get(proxy.addr, "/").await;
     assert_ne!(moved.backend(), "b2");
@@ -280,7 +281,8 @@ async fn disabled_backend_gets_no_traffic_and_its_sessions_move_with_a_new_cooki
     // Re-enabled, the session stays on its new backend.
     proxy
         .app
-        .install(tether::config::Config::parse(&cfg, "t").unwrap());
+        .load_and_install(tether::config::Config::parse(&cfg, "t").unwrap())
+        .unwrap();
     assert_eq!(cl.get(proxy.addr, "/").await.backend(), moved.backend());
 }
 
@@ -305,7 +307,8 @@ async fn draining_backend_keeps_pinned_sessions_but_takes_no_new_ones() {
     );
     proxy
         .app
-        .install(tether::config::Config::parse(&draining, "t").unwrap());
+        .load_and_install(tether::config::Config::parse(&draining, "t").unwrap())
+        .unwrap();
     for _ in 0..5 {
         let ans = cl.get(proxy.addr, "/").await;
         assert_eq!(
@@ -354,7 +357,8 @@ async fn drain_timeout_re_places_pinned_sessions() {
     );
     proxy
         .app
-        .install(tether::config::Config::parse(&draining, "t").unwrap());
+        .load_and_install(tether::config::Config::parse(&draining, "t").unwrap())
+        .unwrap();
     assert_eq!(cl.get(proxy.addr, "/").await.backend(), home);
     tokio::time::sleep(std::time::Duration::from_millis(400)).await;
     let after = cl.get(proxy.addr, "/").await;

@@ -193,14 +193,13 @@ name = "X"
 address = "127.0.0.1:1""#,
             "only used with affinity = \"cookie\"",
         ),
-        (r#"[pools.p]"#, "at least one [[backends]]"),
         (
-            r#"[tls]
-cert = "x"
+            r#"[listen]
+https = ["127.0.0.1:8443"]
 [pools.p]
 [[pools.p.backends]]
 address = "127.0.0.1:1""#,
-            "not supported by this version",
+            "https listeners need a [tls] section",
         ),
     ];
     for (text, want) in cases {

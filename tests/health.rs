@@ -472,7 +472,7 @@ async fn added_backends_are_checked_first_and_removed_ones_stop_being_checked() 
     assert_eq!(proxy.app.health.len(), 3);
 
     let four = tether::config::Config::parse(&health_config(&[&a, &b, &c, &d], ""), "t").unwrap();
-    proxy.app.install(four);
+    proxy.app.load_and_install(four).unwrap();
     assert_eq!(proxy.app.health.len(), 4);
     assert_eq!(
         state_of(&proxy, "b4"),
@@ -505,7 +505,8 @@ async fn added_backends_are_checked_first_and_removed_ones_stop_being_checked() 
     // Remove b4: its checks stop.
     proxy
         .app
-        .install(tether::config::Config::parse(&three_cfg, "t").unwrap());
+        .load_and_install(tether::config::Config::parse(&three_cfg, "t").unwrap())
+        .unwrap();
     assert_eq!(proxy.app.health.len(), 3);
     // In alternating mode every probe flips the mode's low bit: a bit that stays put means
     // nothing probes the removed backend any more.

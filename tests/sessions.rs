@@ -72,7 +72,8 @@ async fn unknown_or_down_routes_are_placed_without_a_cookie() {
     );
     proxy
         .app
-        .install(tether::config::Config::parse(&disabled, "t").unwrap());
+        .load_and_install(tether::config::Config::parse(&disabled, "t").unwrap())
+        .unwrap();
     let mut seen = std::collections::HashSet::new();
     for i in 0..40 {
         let ans = get(
@@ -136,10 +137,16 @@ async fn learned_sessions_stick_are_relearned_and_survive_reloads() {
         "sessions spread over all backends"
     );
     // An unrelated reload keeps what was learned.
-    proxy.app.install(
-        tether::config::Config::parse(&cfg.replace("ttl = \"10m\"", "ttl = \"10m\" # edited"), "t")
+    proxy
+        .app
+        .load_and_install(
+            tether::config::Config::parse(
+                &cfg.replace("ttl = \"10m\"", "ttl = \"10m\" # edited"),
+                "t",
+            )
             .unwrap(),
-    );
+        )
+        .unwrap();
     let ans = get(
         proxy.addr,
         "/",
@@ -197,13 +204,16 @@ async fn learned_sessions_of_a_down_backend_move_and_are_learned_anew() {
         }
     }
     let s = on_b1.expect("a session on b1");
-    proxy.app.install(
-        tether::config::Config::parse(
-            &cfg.replacen("id = \"b1\"", "id = \"b1\"\nstate = \"disabled\"", 1),
-            "t",
+    proxy
+        .app
+        .load_and_install(
+            tether::config::Config::parse(
+                &cfg.replacen("id = \"b1\"", "id = \"b1\"\nstate = \"disabled\"", 1),
+                "t",
+            )
+            .unwrap(),
         )
-        .unwrap(),
-    );
+        .unwrap();
     let ans = get(proxy.addr, "/", &[("cookie", &format!("session={s}"))]).await;
     assert_ne!(ans.backend(), "b1");
     let m =

@@ -20,6 +20,7 @@ pub const MAGLEV_SLOTS_PER_BACKEND: u64 = 1300;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub listen: Listen,
+    pub tls: Option<TlsConfig>,
     pub proxy: ProxySettings,
     pub admin: Option<AdminConfig>,
     pub log: LogConfig,
@@ -31,6 +32,53 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Listen {
     pub http: Vec<SocketAddr>,
+    /// TLS listeners (need `[tls]`).
+    pub https: Vec<SocketAddr>,
+}
+
+/// A file path from the config, with where it was written (for error messages).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileRef {
+    pub path: String,
+    pub at: Location,
+}
+
+/// A place in the config file.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Location {
+    pub file: String,
+    pub line: usize,
+    pub col: usize,
+    pub key: String,
+}
+
+impl Location {
+    pub fn error(&self, message: impl Into<String>) -> Diagnostic {
+        Diagnostic {
+            file: self.file.clone(),
+            line: self.line,
+            col: self.col,
+            path: self.key.clone(),
+            message: message.into(),
+        }
+    }
+}
+
+/// `[tls]`: certificates for the https listeners.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsConfig {
+    pub cert: FileRef,
+    pub key: FileRef,
+    /// Extra certificates chosen by SNI host name.
+    pub sni: Vec<SniCert>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SniCert {
+    /// Lower-case host name; `*.example.com` matches one label.
+    pub host: String,
+    pub cert: FileRef,
+    pub key: FileRef,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -204,6 +252,8 @@ pub struct PoolConfig {
     pub route: Option<RouteConfig>,
     /// For `affinity = "learn"`.
     pub learn: Option<LearnConfig>,
+    /// Answer plain-HTTP requests with a 308 redirect to https.
+    pub redirect_http: bool,
     /// Active checks; `None` = none (backends are up unless passive checks say otherwise).
     pub health: Option<HealthConfig>,
     pub passive: PassiveConfig,
@@ -333,6 +383,17 @@ pub struct BackendConfig {
     /// Tomcat jvmRoute (default: the id).
     pub route: String,
     pub state: AdminState,
+    /// HTTPS to this backend (`tls = true`, or an `https://` address).
+    pub tls: Option<BackendTls>,
+}
+
+/// How to reach a backend over TLS.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendTls {
+    /// PEM file of CAs to trust instead of the system roots.
+    pub ca: Option<FileRef>,
+    /// SNI and certificate name; default: the address's host.
+    pub server_name: String,
 }
 
 /// Every problem found in a config file.

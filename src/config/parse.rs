@@ -14,7 +14,7 @@ use super::*;
 
 /// Keys of PRODUCT.md that this version does not implement yet, per section: a clear
 /// error instead of "unknown key", and never silently ignored.
-const ROOT_NOT_YET: &[(&str, &str)] = &[("tls", "TLS termination")];
+const ROOT_NOT_YET: &[(&str, &str)] = &[];
 const POOL_NOT_YET: &[(&str, &str)] = &[];
 
 pub(super) fn parse(text: &str, file: &str) -> Result<Config, Vec<Diagnostic>> {
@@ -32,11 +32,19 @@ pub(super) fn parse(text: &str, file: &str) -> Result<Config, Vec<Diagnostic>> {
         &mut r,
         root,
         "",
-        &["listen", "proxy", "admin", "log", "routes", "pools"],
+        &["listen", "tls", "proxy", "admin", "log", "routes", "pools"],
         ROOT_NOT_YET,
     );
 
     let listen = read_listen(&mut r, root);
+    let tls = read_tls(&mut r, root);
+    if !listen.https.is_empty() && tls.is_none() && r.errors.is_empty() {
+        r.error_at(
+            Reader::span_of(root, "listen"),
+            "listen.https",
+            "https listeners need a [tls] section with cert and key",
+        );
+    }
     let proxy = read_proxy(&mut r, root);
     let admin = read_admin(&mut r, root);
     let log = read_log(&mut r, root);
@@ -47,6 +55,7 @@ pub(super) fn parse(text: &str, file: &str) -> Result<Config, Vec<Diagnostic>> {
     if r.errors.is_empty() {
         Ok(Config {
             listen,
+            tls,
             proxy,
             admin,
             log,
@@ -83,27 +92,106 @@ fn check_keys(
 fn read_listen(r: &mut Reader, root: &dyn TableLike) -> Listen {
     let mut listen = Listen {
         http: vec![SocketAddr::from(([0, 0, 0, 0], 8080))],
+        https: Vec::new(),
     };
     if let Some(t) = r.table(root, "", "listen") {
-        check_keys(r, t, "listen", &["http"], &[("https", "HTTPS listeners")]);
-        if let Some(http) = r.opt(t, "listen", "http", |v| {
+        check_keys(r, t, "listen", &["http", "https"], &[]);
+        let addrs = |v: &toml_edit::Value| {
             as_list(v, |s| {
                 s.parse::<SocketAddr>().map_err(|_| {
                     format!("{s:?} is not an address like \"0.0.0.0:8080\" or \"[::]:8080\"")
                 })
             })
-        }) {
-            if http.is_empty() {
-                r.error_at(
-                    Reader::span_of(t, "http"),
-                    "listen.http",
-                    "at least one address is required",
-                );
-            }
+        };
+        if let Some(http) = r.opt(t, "listen", "http", addrs) {
             listen.http = http;
+        } else if t.get("https").is_some() && t.get("http").is_none() {
+            // Only https configured: no plain listener unless asked for.
+            listen.http = Vec::new();
+        }
+        if let Some(https) = r.opt(t, "listen", "https", addrs) {
+            listen.https = https;
+        }
+        if listen.http.is_empty() && listen.https.is_empty() {
+            r.error_at(
+                Reader::span_of(root, "listen"),
+                "listen",
+                "at least one http or https address is required",
+            );
+        }
+        if let Some(a) = listen.http.iter().find(|a| listen.https.contains(a)) {
+            let msg = format!("{a} is also an http listener");
+            r.error_at(Reader::span_of(t, "https"), "listen.https", msg);
         }
     }
     listen
+}
+
+fn file_ref(r: &mut Reader, t: &dyn TableLike, path: &str, key: &str) -> Option<FileRef> {
+    let p = r.opt(t, path, key, |v| {
+        as_str(v).and_then(|s| {
+            if s.is_empty() {
+                Err("must not be empty".into())
+            } else {
+                Ok(s)
+            }
+        })
+    })?;
+    Some(FileRef {
+        path: p,
+        at: r.location(t, path, key),
+    })
+}
+
+fn read_tls(r: &mut Reader, root: &dyn TableLike) -> Option<TlsConfig> {
+    let t = r.table(root, "", "tls")?;
+    check_keys(r, t, "tls", &["cert", "key", "sni"], &[]);
+    let cert = file_ref(r, t, "tls", "cert");
+    let key = file_ref(r, t, "tls", "key");
+    for (k, v) in [("cert", &cert), ("key", &key)] {
+        if v.is_none() && t.get(k).is_none() {
+            r.error_at(
+                Reader::span_of(root, "tls"),
+                &join("tls", k),
+                format!("missing key `{k}`"),
+            );
+        }
+    }
+    let mut sni = Vec::new();
+    for (i, (st, span)) in r.tables(t, "tls", "sni").into_iter().enumerate() {
+        let path = format!("tls.sni[{i}]");
+        check_keys(r, st, &path, &["host", "cert", "key"], &[]);
+        let host = r.opt(st, &path, "host", |v| {
+            as_str(v).and_then(|s| {
+                let h = s.trim().to_ascii_lowercase();
+                let name = h.strip_prefix("*.").unwrap_or(&h);
+                if name.is_empty() || name.contains(['*', '/', ':', ' ']) {
+                    Err(format!("{s:?} is not a host name or \"*.domain\""))
+                } else {
+                    Ok(h)
+                }
+            })
+        });
+        let (c, k) = (
+            file_ref(r, st, &path, "cert"),
+            file_ref(r, st, &path, "key"),
+        );
+        match (host, c, k) {
+            (Some(host), Some(cert), Some(key)) => sni.push(SniCert { host, cert, key }),
+            _ => {
+                for k in ["host", "cert", "key"] {
+                    if st.get(k).is_none() {
+                        r.error_at(span.clone(), &path, format!("missing key `{k}`"));
+                    }
+                }
+            }
+        }
+    }
+    Some(TlsConfig {
+        cert: cert?,
+        key: key?,
+        sni,
+    })
 }
 
 fn read_admin(r: &mut Reader, root: &dyn TableLike) -> Option<AdminConfig> {
@@ -414,6 +502,7 @@ fn read_pool(r: &mut Reader, t: &dyn TableLike, name: &str, path: &str) -> Optio
             "table_size",
             "balance_factor",
             "drain_timeout",
+            "redirect_http",
             "header",
             "cookie",
             "route",
@@ -518,6 +607,7 @@ fn read_pool(r: &mut Reader, t: &dyn TableLike, name: &str, path: &str) -> Optio
         Affinity::Cookie => Some(cookie.unwrap_or_default()),
         _ => None,
     };
+    let redirect_http = r.opt(t, path, "redirect_http", as_bool).unwrap_or(false);
     let route = sub_section(r, t, path, "route", affinity == Affinity::Route, read_route);
     let learn = sub_section(r, t, path, "learn", affinity == Affinity::Learn, read_learn);
     let health = r
@@ -546,6 +636,7 @@ fn read_pool(r: &mut Reader, t: &dyn TableLike, name: &str, path: &str) -> Optio
         cookie,
         route,
         learn,
+        redirect_http,
         health,
         passive,
         backends,
@@ -741,12 +832,42 @@ fn read_backends(r: &mut Reader, pool: &dyn TableLike, pool_path: &str) -> Vec<B
             r,
             t,
             &path,
-            &["id", "address", "weight", "route", "state"],
+            &[
+                "id",
+                "address",
+                "weight",
+                "route",
+                "state",
+                "tls",
+                "ca",
+                "server_name",
+            ],
             &[],
         );
+        // `https://host:port` means tls = true; the scheme is not part of the address.
+        let mut https = false;
         let address = r.opt(t, &path, "address", |v| {
-            as_str(v).and_then(|s| check_address(&s).map(|_| s))
+            as_str(v).and_then(|s| {
+                let bare = match s.strip_prefix("https://") {
+                    Some(rest) => {
+                        https = true;
+                        rest.trim_end_matches('/').to_string()
+                    }
+                    None => s,
+                };
+                check_address(&bare).map(|_| bare)
+            })
         });
+        let tls_flag = r.opt(t, &path, "tls", as_bool).unwrap_or(false) || https;
+        let ca = file_ref(r, t, &path, "ca");
+        let server_name = r.opt(t, &path, "server_name", as_str);
+        if !tls_flag && (ca.is_some() || server_name.is_some()) {
+            r.error_at(
+                span.clone(),
+                &path,
+                "`ca` and `server_name` need `tls = true` or an https:// address",
+            );
+        }
         if address.is_none() && t.get("address").is_none() {
             r.error_at(span.clone(), &path, "missing key `address`");
         }
@@ -776,6 +897,17 @@ fn read_backends(r: &mut Reader, pool: &dyn TableLike, pool_path: &str) -> Vec<B
             })
             .unwrap_or(AdminState::Active);
         let Some(address) = address else { continue };
+        let tls = tls_flag.then(|| BackendTls {
+            ca,
+            server_name: server_name.unwrap_or_else(|| {
+                let host = address
+                    .rsplit_once(':')
+                    .map_or(address.as_str(), |(h, _)| h);
+                host.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_string()
+            }),
+        });
         let id = id.unwrap_or_else(|| address.clone());
         let route = route.unwrap_or_else(|| id.clone());
         if !ids.insert(id.clone()) {
@@ -800,6 +932,7 @@ fn read_backends(r: &mut Reader, pool: &dyn TableLike, pool_path: &str) -> Vec<B
             weight,
             route,
             state,
+            tls,
         });
     }
     out

@@ -63,6 +63,18 @@ impl<'a> Reader<'a> {
         });
     }
 
+    /// The location of `key`'s value, for errors found after parsing (certificate files).
+    pub fn location(&self, table: &dyn TableLike, path: &str, key: &str) -> super::Location {
+        let offset = Self::span_of(table, key).map(|s| s.start).unwrap_or(0);
+        let (line, col) = line_col(self.src, offset);
+        super::Location {
+            file: self.file.to_string(),
+            line,
+            col,
+            key: join(path, key),
+        }
+    }
+
     /// Where the value of `key` is (or the key itself when the value has no span).
     pub fn span_of(table: &dyn TableLike, key: &str) -> Option<Range<usize>> {
         let (k, item) = table.get_key_value(key)?;

@@ -126,6 +126,9 @@ async fn proxy(
         .ok_or(ProxyError::NoRoute)?;
     trace.pool = Some(pool_index);
     let pool = &snap.pools[pool_index];
+    if pool.redirect_http && !conn.tls {
+        return Ok(redirect_to_https(snap, host.as_ref(), req.uri()));
+    }
     let settings = &snap.config.proxy;
 
     let client = client_ip::client_ip(
@@ -297,6 +300,40 @@ async fn proxy(
     Ok(Response::from_parts(parts, ProxyBody::upstream(body)))
 }
 
+/// `redirect_http`: 308 to the same host and path on the first https listener.
+fn redirect_to_https(
+    snap: &Snapshot,
+    host: Option<&HeaderValue>,
+    uri: &Uri,
+) -> Response<ProxyBody> {
+    let name = host
+        .and_then(|h| h.to_str().ok())
+        .map(strip_port)
+        .unwrap_or("localhost");
+    let name = if name.contains(':') {
+        format!("[{name}]")
+    } else {
+        name.to_string()
+    };
+    let port = snap.config.listen.https.first().map_or(443, |a| a.port());
+    let authority = if port == 443 {
+        name
+    } else {
+        format!("{name}:{port}")
+    };
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut res = Response::new(ProxyBody::full(&b"308 permanent redirect to https\n"[..]));
+    *res.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    if let Ok(v) = HeaderValue::from_str(&format!("https://{authority}{path}")) {
+        res.headers_mut().insert(header::LOCATION, v);
+    }
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    res
+}
+
 /// The head of a request that can be sent again.
 struct Replay {
     method: http::Method,
@@ -330,6 +367,7 @@ fn target(pool: &Pool, i: usize, connect_timeout: std::time::Duration) -> Target
         socket_addr: b.socket_addr,
         shared: &b.shared,
         connect_timeout,
+        tls: b.tls.as_ref(),
     }
 }
 

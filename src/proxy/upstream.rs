@@ -18,6 +18,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::state::{BackendShared, PoolShared};
+use crate::tls::BackendTls;
 
 /// Idle connections kept per backend.
 const MAX_IDLE: usize = 256;
@@ -123,6 +124,8 @@ pub enum UpstreamError {
     ConnectTimeout,
     #[error("could not resolve backend address")]
     Resolve,
+    #[error("TLS handshake with the backend failed: {0}")]
+    Tls(#[source] std::io::Error),
     #[error("handshake failed: {0}")]
     Handshake(#[source] hyper::Error),
     #[error("backend did not answer in time")]
@@ -138,7 +141,10 @@ impl UpstreamError {
     pub fn is_connect(&self) -> bool {
         matches!(
             self,
-            UpstreamError::Connect(_) | UpstreamError::ConnectTimeout | UpstreamError::Resolve
+            UpstreamError::Connect(_)
+                | UpstreamError::ConnectTimeout
+                | UpstreamError::Resolve
+                | UpstreamError::Tls(_)
         )
     }
 
@@ -154,6 +160,7 @@ impl UpstreamError {
             UpstreamError::Connect(_) => "connect",
             UpstreamError::ConnectTimeout => "connect_timeout",
             UpstreamError::Resolve => "resolve",
+            UpstreamError::Tls(_) => "tls",
             UpstreamError::Handshake(_) => "handshake",
             UpstreamError::ResponseTimeout => "response_timeout",
             UpstreamError::Http(_) => "response",
@@ -168,6 +175,7 @@ pub struct Target<'a> {
     pub socket_addr: Option<SocketAddr>,
     pub shared: &'a Arc<BackendShared>,
     pub connect_timeout: Duration,
+    pub tls: Option<&'a Arc<BackendTls>>,
 }
 
 /// A ready connection: pooled or fresh.
@@ -183,29 +191,54 @@ pub async fn checkout(t: &Target<'_>) -> Result<Sender, UpstreamError> {
 }
 
 async fn connect(t: &Target<'_>) -> Result<Sender, UpstreamError> {
-    let stream = tokio::time::timeout(t.connect_timeout, async {
-        match t.socket_addr {
-            Some(a) => TcpStream::connect(a).await.map_err(UpstreamError::Connect),
-            None => {
-                let addrs = tokio::net::lookup_host(t.address)
+    // TCP connect and (for HTTPS backends) the TLS handshake share `connect_timeout`.
+    tokio::time::timeout(t.connect_timeout, async {
+        let stream = tcp_connect(t.address, t.socket_addr).await?;
+        let _ = stream.set_nodelay(true);
+        match t.tls {
+            None => handshake(stream).await,
+            Some(tls) => {
+                let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+                let stream = connector
+                    .connect(tls.name.clone(), stream)
                     .await
-                    .map_err(|_| UpstreamError::Resolve)?;
-                let mut last = UpstreamError::Resolve;
-                for a in addrs {
-                    match TcpStream::connect(a).await {
-                        Ok(s) => return Ok(s),
-                        Err(e) => last = UpstreamError::Connect(e),
-                    }
-                }
-                Err(last)
+                    .map_err(UpstreamError::Tls)?;
+                handshake(stream).await
             }
         }
     })
     .await
-    .map_err(|_| UpstreamError::ConnectTimeout)??;
-    let _ = stream.set_nodelay(true);
+    .map_err(|_| UpstreamError::ConnectTimeout)?
+}
+
+/// A TCP connection to a literal address, or to the first address a name resolves to that
+/// accepts.
+pub async fn tcp_connect(
+    address: &str,
+    socket_addr: Option<SocketAddr>,
+) -> Result<TcpStream, UpstreamError> {
+    if let Some(a) = socket_addr {
+        return TcpStream::connect(a).await.map_err(UpstreamError::Connect);
+    }
+    let addrs = tokio::net::lookup_host(address)
+        .await
+        .map_err(|_| UpstreamError::Resolve)?;
+    let mut last = UpstreamError::Resolve;
+    for a in addrs {
+        match TcpStream::connect(a).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = UpstreamError::Connect(e),
+        }
+    }
+    Err(last)
+}
+
+async fn handshake<I>(io: I) -> Result<Sender, UpstreamError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (sender, conn) = http1::Builder::new()
-        .handshake(TokioIo::new(stream))
+        .handshake(TokioIo::new(io))
         .await
         .map_err(UpstreamError::Handshake)?;
     tokio::spawn(async move {

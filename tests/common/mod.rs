@@ -300,6 +300,8 @@ fn tokio_stream_from<T: Send + 'static>(
 /// A running proxy; dropping it shuts it down.
 pub struct Proxy {
     pub addr: SocketAddr,
+    /// The first https listener, if any.
+    pub tls_addr: Option<SocketAddr>,
     pub app: Arc<App>,
     stop: Option<oneshot::Sender<()>>,
     pub done: Option<tokio::task::JoinHandle<()>>,
@@ -340,21 +342,37 @@ impl Proxy {
         listener: TcpListener,
         path: Option<std::path::PathBuf>,
     ) -> Proxy {
-        let addr = listener.local_addr().unwrap();
-        // The listener stands for the config's first address, so reloads that keep that
-        // address leave it alone.
-        let configured = config.listen.http[0];
-        let app = App::new(config, path);
+        use tether::server::Kind;
+        // The given listener stands for the config's first address (so reloads that keep
+        // that address leave it alone); other configured addresses get their own loopback
+        // listeners on ephemeral ports.
+        let mut listeners = Vec::new();
+        let mut first = Some(listener);
+        let mut tls_addr = None;
+        let mut addr = None;
+        let http = config.listen.http.iter().map(|a| (*a, Kind::Http));
+        let https = config.listen.https.iter().map(|a| (*a, Kind::Https));
+        for (configured, kind) in http.chain(https) {
+            let l = match first.take() {
+                Some(l) => l,
+                None => TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            };
+            let local = l.local_addr().unwrap();
+            addr.get_or_insert(local);
+            if kind == Kind::Https {
+                tls_addr.get_or_insert(local);
+            }
+            listeners.push((configured, kind, l));
+        }
+        let addr = addr.expect("a listener");
+        let app = App::new(config, path).unwrap_or_else(|e| panic!("{e:?}"));
         let (tx, rx) = oneshot::channel::<()>();
-        let done = tokio::spawn(tether::server::serve(
-            app.clone(),
-            vec![(configured, listener)],
-            async {
-                let _ = rx.await;
-            },
-        ));
+        let done = tokio::spawn(tether::server::serve(app.clone(), listeners, async {
+            let _ = rx.await;
+        }));
         Proxy {
             addr,
+            tls_addr,
             app,
             stop: Some(tx),
             done: Some(done),
