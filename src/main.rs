@@ -32,6 +32,9 @@ enum Command {
             default_value = "config/tether.toml"
         )]
         config: PathBuf,
+        /// Worker threads (default: one per CPU).
+        #[arg(long, env = "TETHER_THREADS")]
+        threads: Option<usize>,
     },
     /// Validate a config file and print a summary.
     Check {
@@ -116,9 +119,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check { config } => return check(&config),
         Command::Explain(args) => explain_cmd(args),
-        Command::Run { config } => runtime().and_then(|rt| rt.block_on(run(config))),
-        Command::Demo { listen } => runtime().and_then(|rt| rt.block_on(run_demo(listen))),
-        Command::Ctl(args) => runtime().and_then(|rt| rt.block_on(ctl(args))),
+        Command::Run { config, threads } => {
+            runtime(threads).and_then(|rt| rt.block_on(run(config)))
+        }
+        Command::Demo { listen } => runtime(None).and_then(|rt| rt.block_on(run_demo(listen))),
+        Command::Ctl(args) => runtime(Some(1)).and_then(|rt| rt.block_on(ctl(args))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -129,11 +134,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
+fn runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads {
+        b.worker_threads(n.max(1));
+    }
+    b.enable_all().build().context("starting the async runtime")
 }
 
 fn load(path: &Path) -> anyhow::Result<Config> {

@@ -441,3 +441,23 @@ async fn shutdown_finishes_in_flight_requests() {
         "no longer accepting"
     );
 }
+
+#[tokio::test]
+async fn backend_connections_are_kept_alive_and_reused() {
+    let a = Backend::start("a").await;
+    let proxy = Proxy::start(&pool_config("", "", &[&a])).await;
+    let mut client = KeepAlive::connect(proxy.addr).await;
+    for _ in 0..50 {
+        // A body with Content-Length: hyper stops polling it once written, and the
+        // connection must still go back to the pool.
+        let ans = client.get("/", &[]).await.unwrap();
+        assert_eq!(ans.status, 200);
+        let ans = client.get("/download?n=70000", &[]).await.unwrap();
+        assert_eq!(ans.body.len(), 70000);
+    }
+    let n = a.accepted.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        n <= 2,
+        "100 sequential requests opened {n} backend connections"
+    );
+}

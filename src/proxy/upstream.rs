@@ -341,6 +341,15 @@ impl UpstreamBody {
     }
 }
 
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // Fully read but never polled to `None`: the connection is still good.
+        if self.sender.is_some() && self.inner.is_end_stream() {
+            self.finish();
+        }
+    }
+}
+
 impl Body for UpstreamBody {
     type Data = Bytes;
     type Error = hyper::Error;
@@ -353,6 +362,9 @@ impl Body for UpstreamBody {
         let r = Pin::new(&mut this.inner).poll_frame(cx);
         match &r {
             Poll::Ready(None) => this.finish(),
+            // The last frame: hyper's server stops polling once Content-Length bytes are
+            // written, so the end may never be seen as `None`. Release the connection now.
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.finish(),
             Poll::Ready(Some(Err(_))) => {
                 this.sender = None;
                 this.in_flight = None;

@@ -56,6 +56,8 @@ pub struct Backend {
     pub sse_gate: Arc<Notify>,
     /// `/health` answers: 0 = 200, 1 = 500, 2 = alternate.
     pub health_mode: Arc<AtomicU8>,
+    /// Connections accepted so far.
+    pub accepted: Arc<AtomicU64>,
     stop: Option<oneshot::Sender<()>>,
     tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
@@ -69,18 +71,21 @@ impl Backend {
         let health_mode = Arc::new(AtomicU8::new(0));
         let tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
         let (tx, mut rx) = oneshot::channel();
+        let accepted = Arc::new(AtomicU64::new(0));
         let (h, g, m, t) = (
             hits.clone(),
             sse_gate.clone(),
             health_mode.clone(),
             tasks.clone(),
         );
+        let acc_count = accepted.clone();
         let accept = tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = &mut rx => return,
                     acc = listener.accept() => {
                         let Ok((stream, _)) = acc else { continue };
+                        acc_count.fetch_add(1, Ordering::Relaxed);
                         let (h, g, m) = (h.clone(), g.clone(), m.clone());
                         let conn = tokio::spawn(async move {
                             let svc = service_fn(move |req| handle(name, h.clone(), g.clone(), m.clone(), req));
@@ -101,6 +106,7 @@ impl Backend {
             hits,
             sse_gate,
             health_mode,
+            accepted,
             stop: Some(tx),
             tasks,
         }
