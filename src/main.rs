@@ -134,11 +134,18 @@ fn main() -> ExitCode {
     }
 }
 
+/// One worker thread runs on a current-thread runtime (no work-stealing overhead); more use
+/// the multi-thread scheduler.
 fn runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = threads {
-        b.worker_threads(n.max(1));
-    }
+    let mut b = match threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n.max(1));
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     b.enable_all().build().context("starting the async runtime")
 }
 

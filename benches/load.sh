@@ -1,0 +1,176 @@
+#!/usr/bin/env bash
+# Load benchmark: tether vs HAProxy vs nginx, side by side on this machine.
+#
+# Three nginx backends answer a fixed 200. Each proxy runs alone, one worker thread, pinned
+# to CPU 0; wrk and the backends run on CPU 1. Two workloads:
+#   cookie    — every request carries a valid affinity cookie (a returning user)
+#   new       — no cookie: every request is a new session (the proxy places it and, for
+#               tether and HAProxy, inserts a cookie)
+# plus a direct-to-backend run (the rig's ceiling). Rounds are interleaved; the report gives
+# medians of req/s, p50/p99 latency and the proxy's CPU microseconds per request (from
+# /proc/PID/stat), and ratios against HAProxy. Everything stays on 127.0.0.1.
+#   bash benches/load.sh [rounds] [seconds]      (default 3 rounds of 5 s)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${1:-3}
+SECS=${2:-5}
+CONNS=${CONNS:-50}
+
+need=()
+command -v haproxy >/dev/null || need+=(haproxy)
+command -v nginx >/dev/null || need+=(nginx-light)
+command -v wrk >/dev/null || need+=(wrk)
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+cargo build --release -q --bin tether
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.3; rm -rf "$work"; }
+trap cleanup EXIT
+
+B1=18401; B2=18402; B3=18403; TP=18410; HP=18411; NP=18412
+mkdir -p "$work/b/logs" "$work/n/logs"
+cat > "$work/backends.conf" <<NGX
+worker_processes 1; daemon off; pid $work/b.pid; error_log $work/b/logs/error.log;
+events { worker_connections 8192; }
+http {
+  access_log off; keepalive_requests 100000;
+  server { listen 127.0.0.1:$B1; location / { return 200 "backend one\n"; } }
+  server { listen 127.0.0.1:$B2; location / { return 200 "backend two\n"; } }
+  server { listen 127.0.0.1:$B3; location / { return 200 "backend three\n"; } }
+}
+NGX
+taskset -c 1 nginx -p "$work/b" -c "$work/backends.conf" & pids+=($!)
+
+cat > "$work/tether.toml" <<TOML
+[listen]
+http = ["127.0.0.1:$TP"]
+[log]
+access = "off"
+[pools.app]
+affinity = "cookie"
+[[pools.app.backends]]
+id = "s1"
+address = "127.0.0.1:$B1"
+[[pools.app.backends]]
+id = "s2"
+address = "127.0.0.1:$B2"
+[[pools.app.backends]]
+id = "s3"
+address = "127.0.0.1:$B3"
+TOML
+taskset -c 0 target/release/tether run -c "$work/tether.toml" --threads 1 2>"$work/tether.log" & pids+=($!)
+TETHER=$!
+
+cat > "$work/haproxy.cfg" <<HAP
+global
+  nbthread 1
+  maxconn 8000
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 60s
+  timeout server 60s
+  http-reuse safe
+frontend fe
+  bind 127.0.0.1:$HP
+  default_backend be
+backend be
+  balance roundrobin
+  cookie SRV insert indirect nocache
+  server s1 127.0.0.1:$B1 cookie s1
+  server s2 127.0.0.1:$B2 cookie s2
+  server s3 127.0.0.1:$B3 cookie s3
+HAP
+taskset -c 0 haproxy -f "$work/haproxy.cfg" & pids+=($!)
+HAPROXY=$!
+
+cat > "$work/nginx.conf" <<NGX
+master_process off; worker_processes 1; daemon off; pid $work/n.pid; error_log $work/n/logs/error.log;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  upstream pool {
+    hash \$cookie_SRV\$remote_addr consistent;
+    server 127.0.0.1:$B1; server 127.0.0.1:$B2; server 127.0.0.1:$B3;
+    keepalive 64;
+  }
+  server { listen 127.0.0.1:$NP; location / {
+    proxy_pass http://pool; proxy_http_version 1.1; proxy_set_header Connection "";
+  } }
+}
+NGX
+taskset -c 0 nginx -p "$work/n" -c "$work/nginx.conf" & pids+=($!)
+sleep 1.5
+NGINX=$(cat "$work/n.pid")
+
+# A valid cookie for each proxy (a returning user).
+TCOOKIE=$(curl -s -D - -o /dev/null "http://127.0.0.1:$TP/" | awk -F'[ ;]' 'tolower($1)=="set-cookie:" && $2 ~ /^TETHER=/ {print $2}')
+[ -n "$TCOOKIE" ] || { echo "tether did not set a cookie" >&2; exit 1; }
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+HZ=$(getconf CLK_TCK)
+
+run() { # name pid port cookie-header -> one result line
+  local args=(-t1 -c"$CONNS" -d"${SECS}s" --latency)
+  [ -n "$4" ] && args+=(-H "Cookie: $4")
+  local t0 t1 out
+  t0=$( [ "$2" = - ] && echo 0 || cpu_ticks "$2")
+  out=$(taskset -c 1 wrk "${args[@]}" "http://127.0.0.1:$3/")
+  t1=$( [ "$2" = - ] && echo 0 || cpu_ticks "$2")
+  local rps p50 p99 reqs
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+  p50=$(echo "$out" | awk '$1=="50%" {print $2}')
+  p99=$(echo "$out" | awk '$1=="99%" {print $2}')
+  local cpu_us=$(( (t1 - t0) * 1000000 / HZ ))
+  echo "$1 $rps $p50 $p99 $cpu_us $reqs"
+}
+
+echo "round workload proxy req/s p50 p99 cpu_us requests" > "$work/results"
+for r in $(seq 1 "$ROUNDS"); do
+  echo "$r direct $(run direct - $B1 '')" | tee -a "$work/results"
+  for w in cookie new; do
+    for p in tether haproxy nginx; do
+      case "$p/$w" in
+        tether/cookie) line=$(run tether $TETHER $TP "$TCOOKIE") ;;
+        tether/new) line=$(run tether $TETHER $TP "") ;;
+        haproxy/cookie) line=$(run haproxy $HAPROXY $HP "SRV=s2") ;;
+        haproxy/new) line=$(run haproxy $HAPROXY $HP "") ;;
+        nginx/cookie) line=$(run nginx $NGINX $NP "SRV=s2") ;;
+        nginx/new) line=$(run nginx $NGINX $NP "") ;;
+      esac
+      echo "$r $w $line" | tee -a "$work/results"
+    done
+  done
+done
+
+python3 - "$work/results" <<'PY'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1]).read().splitlines()[1:]]
+def ms(v):
+    v = v.strip()
+    for unit, f in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
+        if v.endswith(unit):
+            return float(v[: -len(unit)]) * f
+    return float(v)
+def med(w, p, f):
+    vals = [f(r) for r in rows if r[1] == w and r[2] == p]
+    return statistics.median(vals) if vals else float("nan")
+direct = med("direct", "direct", lambda r: float(r[3]))
+print(f"\nDirect to one backend (rig ceiling): {direct:,.0f} req/s\n")
+print("| workload | proxy | req/s | p50 ms | p99 ms | CPU µs/req | req/s vs HAProxy | CPU vs HAProxy | p99 vs HAProxy |")
+print("|---|---|---|---|---|---|---|---|---|")
+for w in ("cookie", "new"):
+    base = {k: med(w, "haproxy", f) for k, f in (
+        ("rps", lambda r: float(r[3])), ("p99", lambda r: ms(r[5])), ("cpu", lambda r: float(r[6]) / float(r[7])))}
+    for p in ("tether", "haproxy", "nginx"):
+        rps = med(w, p, lambda r: float(r[3]))
+        p50 = med(w, p, lambda r: ms(r[4]))
+        p99 = med(w, p, lambda r: ms(r[5]))
+        cpu = med(w, p, lambda r: float(r[6]) / float(r[7]))
+        print(f"| {w} | {p} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {cpu:.1f} | {rps / base['rps']:.2f} | {cpu / base['cpu']:.2f} | {p99 / base['p99']:.2f} |")
+PY
