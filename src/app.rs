@@ -43,6 +43,12 @@ pub struct App {
     pub connections: Mutex<Vec<(String, Arc<AtomicU64>)>>,
     /// The running listeners, changed by reloads.
     pub listeners: Mutex<ListenerSet>,
+    /// Open client connections over all listeners (for `max_connections`).
+    pub open_connections: Arc<AtomicU64>,
+    /// Set to true when open WebSocket/upgrade tunnels must close (shutdown deadline).
+    pub close_tunnels: tokio::sync::watch::Sender<bool>,
+    /// Tunnels currently open.
+    pub tunnels: Arc<AtomicU64>,
 }
 
 impl App {
@@ -69,6 +75,9 @@ impl App {
             reloads_failed: AtomicU64::new(0),
             connections: Mutex::new(Vec::new()),
             listeners: Mutex::new(ListenerSet::default()),
+            open_connections: Arc::new(AtomicU64::new(0)),
+            close_tunnels: tokio::sync::watch::channel(false).0,
+            tunnels: Arc::new(AtomicU64::new(0)),
         };
         app.health.reconcile(&app.snapshot());
         Ok(Arc::new(app))

@@ -12,6 +12,11 @@
 //!   the [`access_log`], and the counters that [`metrics`] and the [`admin`] API expose;
 //! - [`explain`] answers "where would this request go, and why?"; [`demo`] runs a showcase.
 
+#![forbid(unsafe_code)]
+// Network and file input must never panic: no unwrap/expect outside tests; the few
+// invariants that justify one carry an `allow` with the reason next to it.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod access_log;
 pub mod admin;
 pub mod affinity;
@@ -20,6 +25,8 @@ pub mod balancer;
 pub mod config;
 pub mod demo;
 pub mod explain;
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod health;
 pub mod metrics;
 pub mod proxy;

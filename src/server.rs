@@ -162,6 +162,11 @@ pub async fn serve(
                 let Some((stream, peer, kind, gauge)) = conn else { break };
                 let snap = app.snapshot();
                 let settings = snap.config.proxy.clone();
+                let open = app.open_connections.load(Ordering::Relaxed);
+                if settings.max_connections > 0 && open >= settings.max_connections {
+                    refuse(stream, kind);
+                    continue;
+                }
                 let tls = match kind {
                     Kind::Http => None,
                     Kind::Https => match &snap.tls_server {
@@ -173,9 +178,11 @@ pub async fn serve(
                 drop(snap);
                 let watcher = graceful.watcher();
                 let app = app.clone();
+                let total = app.open_connections.clone();
                 tokio::spawn(async move {
                     gauge.fetch_add(1, Ordering::Relaxed);
-                    let _open = Decrement(gauge);
+                    total.fetch_add(1, Ordering::Relaxed);
+                    let _open = (Decrement(gauge), Decrement(total));
                     let _ = stream.set_nodelay(true);
                     let info = ConnInfo { peer, tls: tls.is_some() };
                     let service = service_fn(move |req| proxy::handle(app.clone(), info, req));
@@ -212,12 +219,44 @@ pub async fn serve(
         connections = graceful.count(),
         "shutting down: finishing in-flight requests"
     );
+    let started = tokio::time::Instant::now();
     if tokio::time::timeout(deadline, graceful.shutdown())
         .await
         .is_err()
     {
         tracing::warn!("shutdown timeout reached; closing remaining connections");
     }
+    // Upgraded connections (WebSockets) live on after their HTTP connection: give them the
+    // rest of the deadline, then close them cleanly.
+    while app.tunnels.load(Ordering::Relaxed) > 0 && started.elapsed() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if app.tunnels.load(Ordering::Relaxed) > 0 {
+        tracing::info!(
+            tunnels = app.tunnels.load(Ordering::Relaxed),
+            "closing open WebSockets"
+        );
+        let _ = app.close_tunnels.send(true);
+        let wait = tokio::time::Instant::now();
+        while app.tunnels.load(Ordering::Relaxed) > 0 && wait.elapsed() < Duration::from_secs(1) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Over `max_connections`: plain HTTP clients get an immediate 503 with `Connection:
+/// close`; TLS clients are closed before the handshake.
+fn refuse(stream: TcpStream, kind: Kind) {
+    tracing::debug!("max_connections reached: refusing a connection");
+    tokio::spawn(async move {
+        let mut stream = stream;
+        if kind == Kind::Http {
+            use tokio::io::AsyncWriteExt;
+            let msg = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 21\r\nRetry-After: 1\r\nConnection: close\r\n\r\ntoo many connections\n";
+            let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(msg)).await;
+            let _ = stream.shutdown().await;
+        }
+    });
 }
 
 /// Decrements a gauge when dropped.

@@ -91,6 +91,8 @@ pub struct ProxySettings {
     pub retries: u32,
     pub trusted_proxies: Vec<IpNet>,
     pub shutdown_timeout: Duration,
+    /// Cap on concurrent client connections; 0 = no cap.
+    pub max_connections: u64,
 }
 
 impl Default for ProxySettings {
@@ -104,6 +106,7 @@ impl Default for ProxySettings {
             retries: 1,
             trusted_proxies: Vec::new(),
             shutdown_timeout: Duration::from_secs(30),
+            max_connections: 0,
         }
     }
 }

@@ -345,6 +345,7 @@ fn read_proxy(r: &mut Reader, root: &dyn TableLike) -> ProxySettings {
             "retries",
             "trusted_proxies",
             "shutdown_timeout",
+            "max_connections",
         ],
         &[],
     );
@@ -370,6 +371,9 @@ fn read_proxy(r: &mut Reader, root: &dyn TableLike) -> ProxySettings {
         as_int(v, 8192, 16 * 1024 * 1024)
     }) {
         p.max_header_bytes = n as usize;
+    }
+    if let Some(n) = r.opt(t, path, "max_connections", |v| as_int(v, 0, 10_000_000)) {
+        p.max_connections = n as u64;
     }
     if let Some(n) = r.opt(t, path, "retries", |v| as_int(v, 0, 16)) {
         p.retries = n as u32;

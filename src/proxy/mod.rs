@@ -69,7 +69,7 @@ pub async fn handle(
         })
     });
     let mut trace = Trace::default();
-    let mut res = match proxy(&snap, conn, req, &mut trace).await {
+    let mut res = match proxy(&app, &snap, conn, req, &mut trace).await {
         Ok(res) => res,
         Err(e) => {
             tracing::debug!(error = %e, client = %conn.peer, "answered by the proxy");
@@ -112,6 +112,7 @@ pub async fn handle(
 }
 
 async fn proxy(
+    app: &App,
     snap: &Snapshot,
     conn: ConnInfo,
     mut req: Request<Incoming>,
@@ -282,7 +283,21 @@ async fn proxy(
     if parts.status == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
             let backend_res = Response::from_parts(parts.clone(), incoming);
-            tokio::spawn(tunnel(client_upgrade, backend_res, in_flight));
+            let websocket = parts
+                .headers
+                .get(header::UPGRADE)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+            let guard = TunnelGuard {
+                close: app.close_tunnels.subscribe(),
+                open: app.tunnels.clone(),
+            };
+            tokio::spawn(tunnel(
+                client_upgrade,
+                backend_res,
+                in_flight,
+                guard,
+                websocket,
+            ));
             headers::remove_hop_by_hop(&mut parts.headers, true);
             add_cookie(pool, &decision, conn, &mut parts.headers);
             return Ok(Response::from_parts(parts, ProxyBody::empty()));
@@ -510,11 +525,22 @@ fn learn_from_response(
     }
 }
 
-/// Copies bytes both ways between an upgraded client and backend until either side closes.
+/// What a tunnel needs to close cleanly at the shutdown deadline.
+#[derive(Clone)]
+pub struct TunnelGuard {
+    pub close: tokio::sync::watch::Receiver<bool>,
+    pub open: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Copies bytes both ways between an upgraded client and backend until either side closes,
+/// or until shutdown closes it: a WebSocket then gets a close frame (1001, going away) on
+/// both sides rather than a reset.
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     backend: Response<Incoming>,
     in_flight: InFlight,
+    guard: TunnelGuard,
+    websocket: bool,
 ) {
     let _in_flight = in_flight;
     let (client, backend) = match tokio::try_join!(client, hyper::upgrade::on(backend)) {
@@ -524,11 +550,31 @@ async fn tunnel(
             return;
         }
     };
+    guard.open.fetch_add(1, Ordering::Relaxed);
     let mut client = TokioIo::new(client);
     let mut backend = TokioIo::new(backend);
-    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
-        tracing::debug!(error = %e, "tunnel closed with an error");
+    let mut close = guard.close;
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut client, &mut backend) => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "tunnel closed with an error");
+            }
+        }
+        _ = async { close.wait_for(|c| *c).await.is_ok() } => {
+            use tokio::io::AsyncWriteExt;
+            if websocket {
+                // Server→client frames are unmasked; client→server frames must be masked.
+                let _ = client.write_all(&[0x88, 0x02, 0x03, 0xE9]).await;
+                let mask = fastrand::u32(..).to_be_bytes();
+                let payload = [0x03 ^ mask[0], 0xE9 ^ mask[1]];
+                let frame = [0x88, 0x82, mask[0], mask[1], mask[2], mask[3], payload[0], payload[1]];
+                let _ = backend.write_all(&frame).await;
+            }
+            let _ = client.shutdown().await;
+            let _ = backend.shutdown().await;
+        }
     }
+    guard.open.fetch_sub(1, Ordering::Relaxed);
 }
 
 fn unix_now() -> u64 {
