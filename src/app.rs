@@ -80,7 +80,22 @@ impl App {
             tunnels: Arc::new(AtomicU64::new(0)),
         };
         app.health.reconcile(&app.snapshot());
-        Ok(Arc::new(app))
+        let app = Arc::new(app);
+        // Close idle backend connections nobody will reuse.
+        let weak = Arc::downgrade(&app);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                let Some(app) = weak.upgrade() else { return };
+                for pool in &app.snapshot().pools {
+                    for b in &pool.backends {
+                        b.shared.conns.sweep();
+                    }
+                }
+            }
+        });
+        Ok(app)
     }
 
     /// Loads `config`'s TLS files (relative to the config file) and installs it; on a TLS

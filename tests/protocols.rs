@@ -461,3 +461,23 @@ async fn backend_connections_are_kept_alive_and_reused() {
         "100 sequential requests opened {n} backend connections"
     );
 }
+
+#[tokio::test]
+async fn idle_backend_connections_are_swept() {
+    let mut a = Backend::start("a").await;
+    let proxy = Proxy::start(&pool_config("", "", &[&a])).await;
+    assert_eq!(get(proxy.addr, "/", &[]).await.status, 200);
+    let shared = proxy.app.snapshot().pools[0].backends[0].shared.clone();
+    assert_eq!(shared.conns.idle_count(), 1, "kept for reuse");
+    shared.conns.sweep();
+    assert_eq!(
+        shared.conns.idle_count(),
+        1,
+        "young connections survive a sweep"
+    );
+    // The backend closes it: the sweep drops it (and its file descriptor).
+    a.kill();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    shared.conns.sweep();
+    assert_eq!(shared.conns.idle_count(), 0);
+}
