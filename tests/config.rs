@@ -112,7 +112,7 @@ wieght = 2
         "{}",
         e[1]
     );
-    assert_eq!(e[2], "t.toml:6:1: proxy.surprise: unknown key (expected one of: connect_timeout, response_timeout, idle_timeout, header_timeout, max_header_bytes, retries, trusted_proxies, shutdown_timeout)");
+    assert_eq!(e[2], "t.toml:6:1: proxy.surprise: unknown key (expected one of: connect_timeout, response_timeout, idle_timeout, header_timeout, max_header_bytes, retries, trusted_proxies, shutdown_timeout, max_connections)");
     assert!(
         e[3].starts_with("t.toml:9:12: pools.shop.affinity: expected one of"),
         "{}",

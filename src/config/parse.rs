@@ -12,11 +12,6 @@ use super::reader::{
 };
 use super::*;
 
-/// Keys of PRODUCT.md that this version does not implement yet, per section: a clear
-/// error instead of "unknown key", and never silently ignored.
-const ROOT_NOT_YET: &[(&str, &str)] = &[];
-const POOL_NOT_YET: &[(&str, &str)] = &[];
-
 pub(super) fn parse(text: &str, file: &str) -> Result<Config, Vec<Diagnostic>> {
     let mut r = Reader::new(text, file);
     let doc = match Document::parse(text) {
@@ -28,12 +23,10 @@ pub(super) fn parse(text: &str, file: &str) -> Result<Config, Vec<Diagnostic>> {
         }
     };
     let root = doc.as_table() as &dyn TableLike;
-    check_keys(
-        &mut r,
+    r.check_keys(
         root,
         "",
         &["listen", "tls", "proxy", "admin", "log", "routes", "pools"],
-        ROOT_NOT_YET,
     );
 
     let listen = read_listen(&mut r, root);
@@ -67,35 +60,13 @@ pub(super) fn parse(text: &str, file: &str) -> Result<Config, Vec<Diagnostic>> {
     }
 }
 
-/// Unknown-key check that explains keys planned for later versions.
-fn check_keys(
-    r: &mut Reader,
-    table: &dyn TableLike,
-    path: &str,
-    allowed: &[&str],
-    not_yet: &[(&str, &str)],
-) {
-    let mut ok: Vec<&str> = allowed.to_vec();
-    for (key, what) in not_yet {
-        if let Some(k) = table.key(key) {
-            r.error_at(
-                k.span(),
-                &join(path, key),
-                format!("not supported by this version of tether yet ({what})"),
-            );
-            ok.push(key);
-        }
-    }
-    r.check_keys(table, path, &ok);
-}
-
 fn read_listen(r: &mut Reader, root: &dyn TableLike) -> Listen {
     let mut listen = Listen {
         http: vec![SocketAddr::from(([0, 0, 0, 0], 8080))],
         https: Vec::new(),
     };
     if let Some(t) = r.table(root, "", "listen") {
-        check_keys(r, t, "listen", &["http", "https"], &[]);
+        r.check_keys(t, "listen", &["http", "https"]);
         let addrs = |v: &toml_edit::Value| {
             as_list(v, |s| {
                 s.parse::<SocketAddr>().map_err(|_| {
@@ -145,7 +116,7 @@ fn file_ref(r: &mut Reader, t: &dyn TableLike, path: &str, key: &str) -> Option<
 
 fn read_tls(r: &mut Reader, root: &dyn TableLike) -> Option<TlsConfig> {
     let t = r.table(root, "", "tls")?;
-    check_keys(r, t, "tls", &["cert", "key", "sni"], &[]);
+    r.check_keys(t, "tls", &["cert", "key", "sni"]);
     let cert = file_ref(r, t, "tls", "cert");
     let key = file_ref(r, t, "tls", "key");
     for (k, v) in [("cert", &cert), ("key", &key)] {
@@ -160,7 +131,7 @@ fn read_tls(r: &mut Reader, root: &dyn TableLike) -> Option<TlsConfig> {
     let mut sni = Vec::new();
     for (i, (st, span)) in r.tables(t, "tls", "sni").into_iter().enumerate() {
         let path = format!("tls.sni[{i}]");
-        check_keys(r, st, &path, &["host", "cert", "key"], &[]);
+        r.check_keys(st, &path, &["host", "cert", "key"]);
         let host = r.opt(st, &path, "host", |v| {
             as_str(v).and_then(|s| {
                 let h = s.trim().to_ascii_lowercase();
@@ -196,7 +167,7 @@ fn read_tls(r: &mut Reader, root: &dyn TableLike) -> Option<TlsConfig> {
 
 fn read_admin(r: &mut Reader, root: &dyn TableLike) -> Option<AdminConfig> {
     let t = r.table(root, "", "admin")?;
-    check_keys(r, t, "admin", &["listen", "token"], &[]);
+    r.check_keys(t, "admin", &["listen", "token"]);
     let listen = r.opt(t, "admin", "listen", |v| {
         as_str(v).and_then(|s| {
             s.parse::<SocketAddr>()
@@ -228,7 +199,7 @@ fn read_admin(r: &mut Reader, root: &dyn TableLike) -> Option<AdminConfig> {
 fn read_log(r: &mut Reader, root: &dyn TableLike) -> LogConfig {
     let mut log = LogConfig::default();
     if let Some(t) = r.table(root, "", "log") {
-        check_keys(r, t, "log", &["access"], &[]);
+        r.check_keys(t, "log", &["access"]);
         if let Some(a) = r.opt(t, "log", "access", |v| {
             as_choice(
                 v,
@@ -246,12 +217,10 @@ fn read_log(r: &mut Reader, root: &dyn TableLike) -> LogConfig {
 }
 
 fn read_health(r: &mut Reader, t: &dyn TableLike, path: &str) -> HealthConfig {
-    check_keys(
-        r,
+    r.check_keys(
         t,
         path,
         &["path", "interval", "timeout", "rise", "fall", "expect"],
-        &[],
     );
     let health_path = r.opt(t, path, "path", |v| {
         as_str(v).and_then(|s| {
@@ -315,7 +284,7 @@ fn parse_status_range(s: &str) -> Result<(u16, u16), String> {
 }
 
 fn read_passive(r: &mut Reader, t: &dyn TableLike, path: &str) -> PassiveConfig {
-    check_keys(r, t, path, &["max_fails", "fail_timeout"], &[]);
+    r.check_keys(t, path, &["max_fails", "fail_timeout"]);
     let mut p = PassiveConfig::default();
     if let Some(n) = r.opt(t, path, "max_fails", |v| as_int(v, 0, 1000)) {
         p.max_fails = n as u32;
@@ -332,8 +301,7 @@ fn read_proxy(r: &mut Reader, root: &dyn TableLike) -> ProxySettings {
         return p;
     };
     let path = "proxy";
-    check_keys(
-        r,
+    r.check_keys(
         t,
         path,
         &[
@@ -347,7 +315,6 @@ fn read_proxy(r: &mut Reader, root: &dyn TableLike) -> ProxySettings {
             "shutdown_timeout",
             "max_connections",
         ],
-        &[],
     );
     for (key, slot) in [
         ("connect_timeout", &mut p.connect_timeout),
@@ -399,7 +366,7 @@ fn read_routes(r: &mut Reader, root: &dyn TableLike, pools: &[PoolConfig]) -> Ve
     let entries = r.tables(root, "", "routes");
     for (i, (t, span)) in entries.iter().enumerate() {
         let path = format!("routes[{i}]");
-        check_keys(r, *t, &path, &["host", "path_prefix", "pool"], &[]);
+        r.check_keys(*t, &path, &["host", "path_prefix", "pool"]);
         let host = r
             .opt(*t, &path, "host", |v| {
                 as_str(v).and_then(|s| parse_host(&s))
@@ -496,8 +463,7 @@ fn read_pools(r: &mut Reader, root: &dyn TableLike) -> Vec<PoolConfig> {
 }
 
 fn read_pool(r: &mut Reader, t: &dyn TableLike, name: &str, path: &str) -> Option<PoolConfig> {
-    check_keys(
-        r,
+    r.check_keys(
         t,
         path,
         &[
@@ -515,7 +481,6 @@ fn read_pool(r: &mut Reader, t: &dyn TableLike, name: &str, path: &str) -> Optio
             "passive",
             "backends",
         ],
-        POOL_NOT_YET,
     );
     let affinity = r
         .opt(t, path, "affinity", |v| {
@@ -685,7 +650,7 @@ fn token_name(what: &str) -> impl Fn(&toml_edit::Value) -> Result<String, String
 }
 
 fn read_route(r: &mut Reader, t: &dyn TableLike, path: &str) -> RouteConfig {
-    check_keys(r, t, path, &["cookie", "url_param"], &[]);
+    r.check_keys(t, path, &["cookie", "url_param"]);
     let mut c = RouteConfig::default();
     if let Some(v) = r.opt(t, path, "cookie", token_name("cookie name")) {
         c.cookie = v;
@@ -697,7 +662,7 @@ fn read_route(r: &mut Reader, t: &dyn TableLike, path: &str) -> RouteConfig {
 }
 
 fn read_learn(r: &mut Reader, t: &dyn TableLike, path: &str) -> LearnConfig {
-    check_keys(r, t, path, &["cookie", "ttl", "capacity", "store"], &[]);
+    r.check_keys(t, path, &["cookie", "ttl", "capacity", "store"]);
     let mut c = LearnConfig::default();
     if let Some(v) = r.opt(t, path, "cookie", token_name("cookie name")) {
         c.cookie = v;
@@ -721,8 +686,7 @@ fn read_learn(r: &mut Reader, t: &dyn TableLike, path: &str) -> LearnConfig {
 }
 
 fn read_cookie(r: &mut Reader, t: &dyn TableLike, path: &str) -> CookieConfig {
-    check_keys(
-        r,
+    r.check_keys(
         t,
         path,
         &[
@@ -736,7 +700,6 @@ fn read_cookie(r: &mut Reader, t: &dyn TableLike, path: &str) -> CookieConfig {
             "http_only",
             "same_site",
         ],
-        &[],
     );
     let mut c = CookieConfig::default();
     if let Some(name) = r.opt(t, path, "name", |v| {
@@ -832,8 +795,7 @@ fn read_backends(r: &mut Reader, pool: &dyn TableLike, pool_path: &str) -> Vec<B
     let mut routes = HashSet::new();
     for (i, (t, span)) in entries.into_iter().enumerate() {
         let path = format!("{pool_path}.backends[{i}]");
-        check_keys(
-            r,
+        r.check_keys(
             t,
             &path,
             &[
@@ -846,7 +808,6 @@ fn read_backends(r: &mut Reader, pool: &dyn TableLike, pool_path: &str) -> Vec<B
                 "ca",
                 "server_name",
             ],
-            &[],
         );
         // `https://host:port` means tls = true; the scheme is not part of the address.
         let mut https = false;
