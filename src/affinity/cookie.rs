@@ -278,7 +278,8 @@ pub fn strip_cookie<'a>(
     (!out.is_empty()).then_some(out)
 }
 
-fn trim(mut s: &[u8]) -> &[u8] {
+/// Trims spaces and tabs (cookie and Set-Cookie syntax).
+pub(crate) fn trim(mut s: &[u8]) -> &[u8] {
     while let [b' ' | b'\t', rest @ ..] = s {
         s = rest;
     }

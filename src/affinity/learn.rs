@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwapOption;
 use tokio::sync::mpsc;
 
+use super::cookie::trim;
+
 /// Session values longer than this are not learned (memory stays bounded).
 pub const MAX_VALUE: usize = 512;
 /// How long a request may wait for Redis before it is placed as new.
@@ -244,16 +246,6 @@ pub fn set_cookie_values<'a>(
             Some((value, deleted))
         })
         .collect()
-}
-
-fn trim(mut s: &[u8]) -> &[u8] {
-    while let [b' ' | b'\t', rest @ ..] = s {
-        s = rest;
-    }
-    while let [rest @ .., b' ' | b'\t'] = s {
-        s = rest;
-    }
-    s
 }
 
 #[cfg(test)]

@@ -702,20 +702,12 @@ fn read_cookie(r: &mut Reader, t: &dyn TableLike, path: &str) -> CookieConfig {
         ],
     );
     let mut c = CookieConfig::default();
-    if let Some(name) = r.opt(t, path, "name", |v| {
-        as_str(v).and_then(|s| {
-            let token = !s.is_empty()
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-            if token {
-                Ok(s)
-            } else {
-                Err(format!(
-                    "{s:?} is not a valid cookie name (letters, digits, - _ . and no spaces)"
-                ))
-            }
-        })
-    }) {
+    if let Some(name) = r.opt(
+        t,
+        path,
+        "name",
+        token_name("cookie name (letters, digits, - _ . and no spaces)"),
+    ) {
         c.name = name;
     }
     c.max_age = r.opt(t, path, "max_age", as_duration);
