@@ -1,6 +1,7 @@
 //! The config file: TOML text → validated, typed [`Config`]; pure (no I/O but reading the file).
 
 mod parse;
+mod pool;
 mod reader;
 
 use std::net::SocketAddr;
