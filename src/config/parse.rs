@@ -1,5 +1,4 @@
-//! Reading the top-level sections of the file (listen, tls, proxy, admin, log, routes) into
-//! the typed config, collecting every error; pools are in `pool.rs`.
+//! The top-level sections (listen, tls, proxy, admin, log, routes) into typed config; pools in `pool.rs`.
 
 use std::net::SocketAddr;
 

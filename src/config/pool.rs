@@ -1,5 +1,4 @@
-//! Reading `[pools.NAME]` and everything under it: affinity settings, cookie, route, learn,
-//! health and passive checks, and backends.
+//! `[pools.NAME]` and everything under it: affinity, cookie, route, learn, checks, backends.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
