@@ -20,7 +20,8 @@ procs = {}
 lock = threading.Lock()
 down_windows = {name: [] for name in BACKENDS}  # [start, end] while a backend is dead (+grace)
 stop = threading.Event()
-stats = {"ok": 0, "failed": [], "moved_off_healthy": 0, "moved_expected": 0}
+stats = {"ok": 0, "failed": [], "moved_off_healthy": 0, "moved_expected": 0, "unexpected_moves": []}
+START = time.time()
 
 
 def start_backend(name):
@@ -39,8 +40,8 @@ def write_config(generation):
     lines = [f'[listen]\nhttp = ["127.0.0.1:{PORT}"]', f'[admin]\nlisten = "127.0.0.1:{ADMIN}"', '[log]\naccess = "off"',
              f'[proxy]\nconnect_timeout = "{300 + generation % 2 * 100}ms"\nretries = 2',
              '[pools.app]\naffinity = "cookie"',
-             '[pools.app.health]\npath = "/"\ninterval = "500ms"\ntimeout = "300ms"\nrise = 2\nfall = 1',
-             '[pools.app.passive]\nmax_fails = 1\nfail_timeout = "2s"']
+             '[pools.app.health]\npath = "/"\ninterval = "500ms"\ntimeout = "1s"\nrise = 2\nfall = 2',
+             '[pools.app.passive]\nmax_fails = 2\nfail_timeout = "2s"']
     for name, port in BACKENDS.items():
         lines.append(f'[[pools.app.backends]]\nid = "{name}"\naddress = "127.0.0.1:{port}"')
     path = os.path.join(WORK, "tether.toml")
@@ -79,6 +80,7 @@ def session(i):
                         stats["moved_expected"] += 1
                     else:
                         stats["moved_off_healthy"] += 1
+                        stats["unexpected_moves"].append((round(t - START, 1), home, body))
             home = body
         except Exception as e:  # noqa: BLE001 - every failure is counted
             t = time.time()
@@ -121,16 +123,19 @@ def main():
                 next_reload += 5
             if now >= next_kill and restart is None:
                 victim = victims[(int((now - start) // 30) - 1) % 3]
+                # The window opens before the kill, so no session sees the move first.
+                with lock:
+                    down_windows[victim].append([now - 0.5, now + 1e9])
                 procs[victim].kill()
                 procs[victim].wait()
-                down_windows[victim].append([now - 0.5, now + 1e9])
                 restart = (victim, now + 5)
                 next_kill += 30
             if restart and now >= restart[1]:
                 victim = restart[0]
                 start_backend(victim)
                 # Sessions may still move until health checks see it up and the window closes.
-                down_windows[victim][-1][1] = now + 3
+                with lock:
+                    down_windows[victim][-1][1] = now + 3
                 restart = None
             if now >= next_sample:
                 samples.append((round(now - start), *rss_fds(tether.pid)))
@@ -161,6 +166,8 @@ def main():
     ok = not outside and stats["moved_off_healthy"] == 0 and growth < 10 and end_fds <= base_fds
     for f in outside[:5]:
         print("  failure:", f)
+    for m in stats["unexpected_moves"][:10]:
+        print("  moved off a healthy backend (s, from, to):", m)
     print("soak:", "PASS" if ok else "FAIL")
     return 0 if ok else 1
 

@@ -223,8 +223,8 @@ async fn proxy(
         let mut conn = upstream::checkout(&target).await;
         let mut stale_retries = 0;
         let failure = loop {
-            let sender = match conn {
-                Ok(sender) => sender,
+            let (sender, reused) = match conn {
+                Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(pool = %pool.name, backend = %b.id, error = %e, "backend connect failed");
                     b.shared.stats.count_error(e.kind());
@@ -253,7 +253,22 @@ async fn proxy(
                 Err(f) if f.unsent.is_some() && stale_retries < 2 => {
                     stale_retries += 1;
                     req = f.unsent;
-                    conn = upstream::connect_fresh(&target).await;
+                    conn = upstream::connect_fresh(&target).await.map(|s| (s, false));
+                }
+                // A reused connection failed before any response (the backend closed it as
+                // we sent: a keep-alive race). A replayable request goes once more to the
+                // same backend on a fresh connection, so a healthy backend keeps its
+                // sessions; if the backend is really gone, that connect fails and the
+                // request moves on.
+                Err(f)
+                    if reused
+                        && stale_retries < 2
+                        && replay.is_some()
+                        && f.error.is_replayable_failure() =>
+                {
+                    stale_retries += 1;
+                    tracing::debug!(pool = %pool.name, backend = %b.id, error = %f.error, "reused connection failed; retrying on a fresh one");
+                    conn = upstream::connect_fresh(&target).await.map(|s| (s, false));
                 }
                 Err(f) => {
                     b.shared.stats.count_error(f.error.kind());

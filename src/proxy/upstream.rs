@@ -190,16 +190,17 @@ pub struct Target<'a> {
     pub tls: Option<&'a Arc<BackendTls>>,
 }
 
-/// A ready connection: pooled or fresh.
-pub async fn checkout(t: &Target<'_>) -> Result<Sender, UpstreamError> {
+/// A ready connection, and whether it was reused from the pool (a reused one may race
+/// with the backend closing it).
+pub async fn checkout(t: &Target<'_>) -> Result<(Sender, bool), UpstreamError> {
     while let Some(mut s) = t.shared.conns.take() {
         // Pooled connections whose previous response is done become ready at once; a
         // closed one errors and is dropped.
         if s.ready().await.is_ok() {
-            return Ok(s);
+            return Ok((s, true));
         }
     }
-    connect(t).await
+    connect(t).await.map(|s| (s, false))
 }
 
 async fn connect(t: &Target<'_>) -> Result<Sender, UpstreamError> {
