@@ -300,7 +300,10 @@ async fn ten_thousand_idle_connections_do_not_stop_new_clients() {
     // The proxy runs as its own process (file descriptors: 10,000 on each side); raise the
     // soft limit to what the machine allows, for this process and the child.
     let limit = rlimit::increase_nofile_limit(20_000).unwrap_or(0);
-    assert!(limit >= 10_500, "need ~10,500 file descriptors, the limit is {limit}");
+    assert!(
+        limit >= 10_500,
+        "need ~10,500 file descriptors, the limit is {limit}"
+    );
     let a = Backend::start("a").await;
     let free = || {
         std::net::TcpListener::bind("127.0.0.1:0")
