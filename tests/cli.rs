@@ -159,13 +159,7 @@ mod common;
 async fn run_serves_logs_and_obeys_ctl_then_stops_on_sigterm() {
     let a = common::Backend::start("one").await;
     let b = common::Backend::start("two").await;
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-    };
-    let (http, admin) = (free(), free());
+    let (http, admin) = (common::free_addr(), common::free_addr());
     let cfg = temp_file(
         "run.toml",
         &format!(
@@ -180,16 +174,7 @@ async fn run_serves_logs_and_obeys_ctl_then_stops_on_sigterm() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    // Wait until it serves.
-    let mut ok = false;
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(http).await.is_ok() {
-            ok = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert!(ok, "tether run did not start listening");
+    common::wait_listening(http).await;
     let first = common::get(http, "/hello", &[("user-agent", "cli-test")]).await;
     assert_eq!(first.status, 200);
     let home = first.backend();

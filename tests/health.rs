@@ -139,13 +139,7 @@ async fn drained_backend_keeps_its_sessions_takes_no_new_ones_then_releases_them
             "pinned sessions continue, including b1's"
         );
     }
-    for i in 0..100 {
-        let ans = get(
-            proxy.addr,
-            "/",
-            &[("x-forwarded-for", &format!("10.30.0.{}", i + 1))],
-        )
-        .await;
+    for ans in new_sessions(proxy.addr, "10.30.0", 100).await {
         assert_ne!(
             ans.backend(),
             "b1",
@@ -192,13 +186,7 @@ async fn flapping_backend_never_reaches_rise() {
         tokio::time::sleep(Duration::from_millis(25)).await;
         assert_eq!(state_of(&proxy, "b2"), "down", "a flapping backend came up");
     }
-    for i in 0..60 {
-        let ans = get(
-            proxy.addr,
-            "/",
-            &[("x-forwarded-for", &format!("10.40.0.{}", i + 1))],
-        )
-        .await;
+    for ans in new_sessions(proxy.addr, "10.40.0", 60).await {
         assert_ne!(ans.backend(), "b2");
     }
     // Steady answers bring it up after `rise` checks.
@@ -444,13 +432,7 @@ async fn connect_failures_mark_a_backend_down_passively_and_are_counted() {
     let (proxy, admin) = Proxy::start_with_admin(&cfg).await;
     b.kill();
     let mut failed = 0;
-    for i in 0..60 {
-        let ans = get(
-            proxy.addr,
-            "/",
-            &[("x-forwarded-for", &format!("10.60.0.{}", i + 1))],
-        )
-        .await;
+    for ans in new_sessions(proxy.addr, "10.60.0", 60).await {
         failed += usize::from(ans.status != 200);
         assert_ne!(ans.backend(), "b2");
     }
@@ -479,25 +461,13 @@ async fn added_backends_are_checked_first_and_removed_ones_stop_being_checked() 
         "down",
         "unchecked: no new sessions yet"
     );
-    for i in 0..80 {
-        let ans = get(
-            proxy.addr,
-            "/",
-            &[("x-forwarded-for", &format!("10.70.0.{}", i + 1))],
-        )
-        .await;
+    for ans in new_sessions(proxy.addr, "10.70.0", 80).await {
         assert_ne!(ans.backend(), "b4");
     }
     d.health_mode.store(0, Ordering::Relaxed);
     wait_until("b4 up", || state_of(&proxy, "b4") == "up").await;
     let mut landed = 0;
-    for i in 0..80 {
-        let ans = get(
-            proxy.addr,
-            "/",
-            &[("x-forwarded-for", &format!("10.71.0.{}", i + 1))],
-        )
-        .await;
+    for ans in new_sessions(proxy.addr, "10.71.0", 80).await {
         landed += usize::from(ans.backend() == "b4");
     }
     assert!(landed > 5, "b4 takes new sessions once up ({landed})");

@@ -305,13 +305,7 @@ async fn ten_thousand_idle_connections_do_not_stop_new_clients() {
         "need ~10,500 file descriptors, the limit is {limit}"
     );
     let a = Backend::start("a").await;
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-    };
-    let http = free();
+    let http = free_addr();
     let cfg = config_file(&format!("[listen]\nhttp = [\"{http}\"]\n[log]\naccess = \"off\"\n[proxy]\nheader_timeout = \"60s\"\nidle_timeout = \"60s\"\n[pools.p]\n[[pools.p.backends]]\naddress = \"{}\"\n", a.addr));
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tether"))
         .args(["run", "-c", cfg.to_str().unwrap(), "--threads", "1"])
@@ -319,12 +313,7 @@ async fn ten_thousand_idle_connections_do_not_stop_new_clients() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    for _ in 0..100 {
-        if TcpStream::connect(http).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_listening(http).await;
     let mut idle = Vec::with_capacity(10_000);
     for _ in 0..10_000 {
         match TcpStream::connect(http).await {

@@ -293,13 +293,7 @@ async fn the_watcher_sees_a_write_rename_save() {
 #[tokio::test]
 async fn listener_changes_are_applied() {
     let a = Backend::start("a").await;
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-    };
-    let second = free();
+    let second = free_addr();
     let base = pool_config("", "", &[&a]);
     let path = config_file(&format!("[listen]\nhttp = [\"127.0.0.1:0\"]\n{base}"));
     let proxy = Proxy::start_file(&path).await;

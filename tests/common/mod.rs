@@ -527,6 +527,42 @@ pub fn counts(names: impl IntoIterator<Item = String>) -> HashMap<String, usize>
     m
 }
 
+/// An address on 127.0.0.1 that nothing listens on right now.
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Waits until something accepts connections on `addr` (panics after 5 s).
+pub async fn wait_listening(addr: SocketAddr) {
+    for _ in 0..100 {
+        if TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("nothing listens on {addr}");
+}
+
+/// `n` (≤ 250) new sessions, one GET each from client IPs `<net>.1`, `<net>.2`, … (sent as
+/// X-Forwarded-For, which the test configs trust from loopback).
+pub async fn new_sessions(addr: SocketAddr, net: &str, n: usize) -> Vec<Answer> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        out.push(
+            get(
+                addr,
+                "/",
+                &[("x-forwarded-for", &format!("{net}.{}", i + 1))],
+            )
+            .await,
+        );
+    }
+    out
+}
+
 /// A keep-alive HTTP/1.1 client: one connection, many requests.
 pub struct KeepAlive {
     sender: hyper::client::conn::http1::SendRequest<Body>,
