@@ -16,20 +16,9 @@ ROUNDS=${1:-3}
 SECS=${2:-5}
 CONNS=${CONNS:-50}
 
-need=()
-command -v haproxy >/dev/null || need+=(haproxy)
-command -v nginx >/dev/null || need+=(nginx-light)
-command -v wrk >/dev/null || need+=(wrk)
-if [ ${#need[@]} -gt 0 ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-cargo build --release -q --bin tether
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.3; rm -rf "$work"; }
-trap cleanup EXIT
+source benches/lib.sh
+require haproxy:haproxy nginx:nginx-light wrk:wrk
+setup
 
 B1=18401; B2=18402; B3=18403; TP=18410; HP=18411; NP=18412
 mkdir -p "$work/b/logs" "$work/n/logs"
@@ -111,8 +100,6 @@ NGINX=$(cat "$work/n.pid")
 TCOOKIE=$(curl -s -D - -o /dev/null "http://127.0.0.1:$TP/" | awk -F'[ ;]' 'tolower($1)=="set-cookie:" && $2 ~ /^TETHER=/ {print $2}')
 [ -n "$TCOOKIE" ] || { echo "tether did not set a cookie" >&2; exit 1; }
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-HZ=$(getconf CLK_TCK)
 
 run() { # name pid port cookie-header -> one result line
   local args=(-t1 -c"$CONNS" -d"${SECS}s" --latency)

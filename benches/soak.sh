@@ -9,6 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${1:-600}
-command -v nginx >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null; }
+source benches/lib.sh
+require nginx:nginx-light
 cargo build --release -q --bin tether
 exec python3 benches/soak.py "$DURATION"

@@ -11,20 +11,9 @@ cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
 SECS=${SECS:-5}
 
-need=()
-command -v haproxy >/dev/null || need+=(haproxy)
-command -v nginx >/dev/null || need+=(nginx-light)
-command -v h2load >/dev/null || need+=(nghttp2-client)
-command -v openssl >/dev/null || need+=(openssl)
-if [ ${#need[@]} -gt 0 ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-cargo build --release -q --bin tether
-
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.2; rm -rf "$work"; }
-trap cleanup EXIT
+source benches/lib.sh
+require haproxy:haproxy nginx:nginx-light h2load:nghttp2-client openssl:openssl
+setup
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 7 -subj /CN=bench.test \
   -addext subjectAltName=DNS:bench.test -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
@@ -76,8 +65,6 @@ taskset -c 0 haproxy -f "$work/haproxy.cfg" & pids+=($!)
 HAPROXY_PID=$!
 sleep 1.5
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-HZ=$(getconf CLK_TCK)
 
 handshakes() { # port -> connections per second (full handshakes, one client)
   taskset -c 1 openssl s_time -connect "127.0.0.1:$1" -new -time "$SECS" 2>/dev/null \
