@@ -276,7 +276,8 @@ fn builder(p: &ProxySettings) -> auto::Builder<TokioExecutor> {
         // Also bounds how long a keep-alive connection may sit idle before its next request.
         .header_read_timeout(p.header_timeout.min(p.idle_timeout))
         .max_buf_size(p.max_header_bytes.max(8192))
-        .keep_alive(true);
+        .keep_alive(true)
+        .writev(false);
     b.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(p.max_header_bytes).unwrap_or(u32::MAX))

@@ -221,6 +221,30 @@ async fn a_backend_closing_mid_response_truncates_without_hanging() {
 }
 
 #[tokio::test]
+async fn interim_responses_are_skipped_and_chunked_bodies_decoded() {
+    let b = raw_backend(
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 Fine Thanks\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5;ext=x\r\nhello\r\n7\r\n, world\r\n0\r\nX-Trailer: t\r\n\r\n"
+            .to_vec(),
+        true,
+    )
+    .await;
+    let proxy = Proxy::start(&single(b, "")).await;
+    let res = get(proxy.addr, "/", &[]).await;
+    assert_eq!(res.status, 200);
+    assert_eq!(res.text(), "hello, world");
+    let got = raw(
+        proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 200 Fine Thanks\r\n"), "{got}");
+    assert!(
+        !got.contains("100 Continue") && !got.contains("103"),
+        "{got}"
+    );
+}
+
+#[tokio::test]
 async fn garbage_and_huge_headers_from_a_backend_are_502() {
     let garbage = raw_backend(b"NOT HTTP AT ALL\r\n\r\n".to_vec(), true).await;
     let proxy = Proxy::start(&single(garbage, "")).await;

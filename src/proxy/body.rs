@@ -9,7 +9,7 @@ use std::time::Instant;
 use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 
-use super::upstream::UpstreamBody;
+use super::upstream::{UpstreamBody, UpstreamError};
 use crate::access_log::Record;
 use crate::app::App;
 use crate::state::BackendShared;
@@ -80,12 +80,12 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = UpstreamError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
         let this = self.get_mut();
         let r = match &mut this.inner {
             Inner::Upstream(u) => Pin::new(u).poll_frame(cx),

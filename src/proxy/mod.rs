@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::BytesMut;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
@@ -25,7 +26,8 @@ use crate::config::{AccessLog, Affinity};
 use crate::runtime::{Pool, Snapshot};
 use body::{Finish, ProxyBody};
 use error::ProxyError;
-use upstream::{InFlight, ReqBody, Target, UpstreamBody, UpstreamError};
+use upstream::h1::ReqFraming;
+use upstream::{InFlight, Outgoing, ReqBody, Target, UpstreamBody, UpstreamError};
 
 /// What the proxy knows about the client connection a request came on.
 #[derive(Debug, Clone, Copy)]
@@ -203,18 +205,20 @@ async fn proxy(
     prepare_request(&mut req, conn, host, upgrade)?;
 
     // A bodiless idempotent request can be replayed on another backend if its backend
-    // fails before answering (a backend killed mid-request); keep its head for that.
-    let replay = replayable(&req).then(|| Replay {
-        method: req.method().clone(),
-        uri: req.uri().clone(),
-        headers: req.headers().clone(),
-    });
-    let mut req = Some(req.map(ReqBody::Client));
+    // fails before answering (a backend killed mid-request); its encoded head is kept.
+    let replayable = replayable(&req);
+    let (parts, body) = req.into_parts();
+    let first = outgoing(&parts, ReqBody::Client(body));
+    drop(parts);
+    let replay = replayable.then(|| first.head.clone());
+    let head_request = first.head_request;
+    let mut req = Some(first);
+    let max_head = settings.max_header_bytes.max(8192);
 
     // Connect first, so a connect failure keeps the request (and its body) for the next
     // candidate.
     let mut tried: Vec<usize> = Vec::new();
-    let (backend_index, res, sender, in_flight) = 'attempts: loop {
+    let (backend_index, exchange, in_flight) = 'attempts: loop {
         let b = &pool.backends[decision.backend];
         let in_flight = InFlight::new(b.shared.clone(), pool.shared.clone());
         let target = target(pool, decision.backend, settings.connect_timeout);
@@ -223,7 +227,7 @@ async fn proxy(
         let mut conn = upstream::checkout(&target).await;
         let mut stale_retries = 0;
         let failure = loop {
-            let (sender, reused) = match conn {
+            let (backend_conn, reused) = match conn {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(pool = %pool.name, backend = %b.id, error = %e, "backend connect failed");
@@ -237,23 +241,30 @@ async fn proxy(
                 }
             };
             b.shared.note_connect_success();
-            let Some(r) = req.take().or_else(|| replay.as_ref().map(Replay::request)) else {
+            let Some(r) = req.take().or_else(|| {
+                replay.as_ref().map(|head| Outgoing {
+                    head: head.clone(),
+                    framing: ReqFraming::None,
+                    body: ReqBody::Empty,
+                    head_request,
+                })
+            }) else {
                 return Err(ProxyError::BadRequest);
             };
-            match upstream::send(sender, r, settings.response_timeout).await {
-                Ok((res, sender)) => {
+            match upstream::send(backend_conn, r, settings.response_timeout, max_head).await {
+                Ok(exchange) => {
                     if decision.pinned_to_draining {
                         b.shared.note_pinned_while_draining();
                     }
                     b.shared.requests.fetch_add(1, Ordering::Relaxed);
-                    break 'attempts (decision.backend, res, sender, in_flight);
+                    break 'attempts (decision.backend, exchange, in_flight);
                 }
                 // The pooled connection was closed before the request was written: the
                 // request is intact; try a fresh connection to the same backend.
                 Err(f) if f.unsent.is_some() && stale_retries < 2 => {
                     stale_retries += 1;
                     req = f.unsent;
-                    conn = upstream::connect_fresh(&target).await.map(|s| (s, false));
+                    conn = upstream::connect(&target).await.map(|c| (c, false));
                 }
                 // A reused connection failed before any response (the backend closed it as
                 // we sent: a keep-alive race). A replayable request goes once more to the
@@ -268,7 +279,7 @@ async fn proxy(
                 {
                     stale_retries += 1;
                     tracing::debug!(pool = %pool.name, backend = %b.id, error = %f.error, "reused connection failed; retrying on a fresh one");
-                    conn = upstream::connect_fresh(&target).await.map(|s| (s, false));
+                    conn = upstream::connect(&target).await.map(|c| (c, false));
                 }
                 Err(f) => {
                     b.shared.stats.count_error(f.error.kind());
@@ -293,41 +304,86 @@ async fn proxy(
     trace.backend = Some(backend_index);
     trace.affinity = Some(decision.outcome);
     let backend = &pool.backends[backend_index];
-    let (mut parts, incoming) = res.into_parts();
 
-    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client_upgrade) = client_upgrade {
-            let backend_res = Response::from_parts(parts.clone(), incoming);
-            let websocket = parts
-                .headers
-                .get(header::UPGRADE)
-                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
-            let guard = TunnelGuard {
-                close: app.close_tunnels.subscribe(),
-                open: app.tunnels.clone(),
-            };
-            tokio::spawn(tunnel(
-                client_upgrade,
-                backend_res,
-                in_flight,
-                guard,
-                websocket,
-            ));
-            headers::remove_hop_by_hop(&mut parts.headers, true);
-            add_cookie(pool, &decision, conn, &mut parts.headers);
-            return Ok(Response::from_parts(parts, ProxyBody::empty()));
-        }
-        // A 101 to a request that did not ask for one is a broken backend.
-        return Err(UpstreamError::Protocol(
-            "101 Switching Protocols to a request that did not ask to upgrade",
-        )
-        .into());
+    if exchange.head.status == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client_upgrade) = client_upgrade else {
+            // A 101 to a request that did not ask for one is a broken backend.
+            return Err(UpstreamError::Protocol(
+                "101 Switching Protocols to a request that did not ask to upgrade",
+            )
+            .into());
+        };
+        let upstream::Exchange {
+            head,
+            conn: backend_conn,
+        } = exchange;
+        let websocket = head
+            .headers
+            .get(header::UPGRADE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+        let guard = TunnelGuard {
+            close: app.close_tunnels.subscribe(),
+            open: app.tunnels.clone(),
+        };
+        tokio::spawn(tunnel(
+            client_upgrade,
+            backend_conn,
+            in_flight,
+            guard,
+            websocket,
+        ));
+        let mut res = Response::new(ProxyBody::empty());
+        *res.status_mut() = head.status;
+        *res.headers_mut() = head.headers;
+        headers::remove_hop_by_hop(res.headers_mut(), true);
+        add_cookie(pool, &decision, conn, res.headers_mut());
+        return Ok(res);
     }
+    let (mut parts, body) = UpstreamBody::new(exchange, backend.shared.clone(), in_flight);
     headers::remove_hop_by_hop(&mut parts.headers, false);
     add_cookie(pool, &decision, conn, &mut parts.headers);
     learn_from_response(pool, backend, learn_session.as_deref(), &parts.headers);
-    let body = UpstreamBody::new(incoming, Some(sender), backend.shared.clone(), in_flight);
     Ok(Response::from_parts(parts, ProxyBody::upstream(body)))
+}
+
+/// Encodes the request for the backend. A body of unknown length is re-chunked; a bodiless
+/// POST, PUT or PATCH without a length says `Content-Length: 0`.
+fn outgoing(parts: &http::request::Parts, body: ReqBody) -> Outgoing {
+    let has_length = parts.headers.contains_key(header::CONTENT_LENGTH);
+    let framing = if body.is_end_stream() {
+        ReqFraming::None
+    } else if has_length {
+        ReqFraming::Length
+    } else {
+        ReqFraming::Chunked
+    };
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut head = BytesMut::new();
+    let needs_zero = framing == ReqFraming::None
+        && !has_length
+        && matches!(
+            parts.method,
+            http::Method::POST | http::Method::PUT | http::Method::PATCH
+        );
+    if needs_zero {
+        let mut h = parts.headers.clone();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        upstream::h1::encode_request_head(&parts.method, target, &h, framing, &mut head);
+    } else {
+        upstream::h1::encode_request_head(
+            &parts.method,
+            target,
+            &parts.headers,
+            framing,
+            &mut head,
+        );
+    }
+    Outgoing {
+        head: head.freeze(),
+        framing,
+        body,
+        head_request: parts.method == http::Method::HEAD,
+    }
 }
 
 /// `redirect_http`: 308 to the same host and path on the first https listener.
@@ -362,23 +418,6 @@ fn redirect_to_https(
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     res
-}
-
-/// The head of a request that can be sent again.
-struct Replay {
-    method: http::Method,
-    uri: Uri,
-    headers: http::HeaderMap,
-}
-
-impl Replay {
-    fn request(&self) -> Request<ReqBody> {
-        let mut r = Request::new(ReqBody::Empty);
-        *r.method_mut() = self.method.clone();
-        *r.uri_mut() = self.uri.clone();
-        *r.headers_mut() = self.headers.clone();
-        r
-    }
 }
 
 /// GET, HEAD and OPTIONS without a body, not upgrading.
@@ -552,14 +591,15 @@ pub struct TunnelGuard {
 /// both sides rather than a reset.
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
-    backend: Response<Incoming>,
+    backend: upstream::Conn,
     in_flight: InFlight,
     guard: TunnelGuard,
     websocket: bool,
 ) {
     let _in_flight = in_flight;
-    let (client, backend) = match tokio::try_join!(client, hyper::upgrade::on(backend)) {
-        Ok(pair) => pair,
+    use tokio::io::AsyncWriteExt;
+    let client = match client.await {
+        Ok(c) => c,
         Err(e) => {
             tracing::debug!(error = %e, "upgrade failed");
             return;
@@ -567,7 +607,15 @@ async fn tunnel(
     };
     guard.open.fetch_add(1, Ordering::Relaxed);
     let mut client = TokioIo::new(client);
-    let mut backend = TokioIo::new(backend);
+    let upstream::Conn {
+        io: mut backend,
+        buf: early,
+    } = backend;
+    // Bytes the backend sent right after its 101 belong to the client.
+    if !early.is_empty() && client.write_all(&early).await.is_err() {
+        guard.open.fetch_sub(1, Ordering::Relaxed);
+        return;
+    }
     let mut close = guard.close;
     tokio::select! {
         r = tokio::io::copy_bidirectional(&mut client, &mut backend) => {
@@ -576,7 +624,6 @@ async fn tunnel(
             }
         }
         _ = async { close.wait_for(|c| *c).await.is_ok() } => {
-            use tokio::io::AsyncWriteExt;
             if websocket {
                 // Server→client frames are unmasked; client→server frames must be masked.
                 let _ = client.write_all(&[0x88, 0x02, 0x03, 0xE9]).await;

@@ -1,0 +1,548 @@
+//! The HTTP/1.1 wire format spoken to backends: request heads out; response heads and
+//! bodies (Content-Length, chunked, until close) in. Pure functions over byte buffers.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Version};
+
+/// Most headers a backend response may carry.
+const MAX_HEADERS: usize = 128;
+/// Longest chunk-size line (with extensions) or trailer line accepted.
+const MAX_LINE: usize = 4096;
+
+/// A response the backend sent that tether cannot relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("malformed response head")]
+    Head,
+    #[error("response head too large")]
+    TooLarge,
+    #[error("conflicting or invalid Content-Length")]
+    Length,
+    #[error("malformed chunked body")]
+    Chunk,
+}
+
+/// How the request body goes on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReqFraming {
+    /// No body.
+    None,
+    /// The client's Content-Length is forwarded; the body goes as is.
+    Length,
+    /// Unknown length (an HTTP/2 client, or a chunked one): re-chunked.
+    Chunked,
+}
+
+/// Writes a request head: `METHOD target HTTP/1.1`, the headers, and the framing header
+/// chunked bodies need.
+pub fn encode_request_head(
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
+    framing: ReqFraming,
+    out: &mut BytesMut,
+) {
+    let size = 32
+        + target.len()
+        + headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum::<usize>();
+    out.reserve(size);
+    out.put_slice(method.as_str().as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(target.as_bytes());
+    out.put_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        out.put_slice(name.as_str().as_bytes());
+        out.put_slice(b": ");
+        out.put_slice(value.as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    if framing == ReqFraming::Chunked {
+        out.put_slice(b"transfer-encoding: chunked\r\n");
+    }
+    out.put_slice(b"\r\n");
+}
+
+/// The size line that goes before one chunk of a chunked body.
+pub fn chunk_header(len: usize, out: &mut BytesMut) {
+    out.reserve(20);
+    let mut digits = [0u8; 16];
+    let mut n = len;
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b"0123456789abcdef"[n & 15];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.put_slice(&digits[i..]);
+    out.put_slice(b"\r\n");
+}
+
+/// How a response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body (HEAD, 204, 304).
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the backend closes the connection.
+    Close,
+}
+
+/// A parsed response head.
+#[derive(Debug)]
+pub struct ResponseHead {
+    pub status: StatusCode,
+    pub version: Version,
+    /// The reason phrase, when it is not the standard one for the status.
+    pub reason: Option<Bytes>,
+    pub headers: HeaderMap,
+    pub framing: Framing,
+    /// The connection may carry another request after this response.
+    pub keep_alive: bool,
+}
+
+/// Parses one response head from the front of `buf`, removing it. `Ok(None)`: more bytes
+/// are needed. Header values share the buffer's memory instead of being copied.
+pub fn parse_response(
+    buf: &mut BytesMut,
+    head_request: bool,
+    max_head: usize,
+) -> Result<Option<ResponseHead>, WireError> {
+    // Offsets of each header's name and value in `buf`, so the parser's borrow can end
+    // before the head is split off.
+    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let (len, count, code, minor, reason) = {
+        let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut res = httparse::Response::new(&mut storage);
+        let len = match res.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) if buf.len() > max_head => {
+                return Err(WireError::TooLarge)
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => return Err(WireError::TooLarge),
+            Err(_) => return Err(WireError::Head),
+        };
+        if len > max_head {
+            return Err(WireError::TooLarge);
+        }
+        let base = buf.as_ptr() as usize;
+        let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
+        for (span, h) in spans.iter_mut().zip(res.headers.iter()) {
+            let n = offset(h.name.as_bytes());
+            let v = offset(h.value);
+            *span = (n, n + h.name.len() as u32, v, v + h.value.len() as u32);
+        }
+        let reason = res.reason.map(|r| {
+            let r = r.as_bytes();
+            (offset(r), offset(r) + r.len() as u32)
+        });
+        (
+            len,
+            res.headers.len(),
+            res.code.unwrap_or(0),
+            res.version.unwrap_or(1),
+            reason,
+        )
+    };
+    let head = buf.split_to(len).freeze();
+    let status = StatusCode::from_u16(code).map_err(|_| WireError::Head)?;
+    let mut headers = HeaderMap::with_capacity(count);
+    for &(ns, ne, vs, ve) in &spans[..count] {
+        let name =
+            HeaderName::from_bytes(&head[ns as usize..ne as usize]).map_err(|_| WireError::Head)?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
+            .map_err(|_| WireError::Head)?;
+        headers.append(name, value);
+    }
+    let reason = reason
+        .map(|(s, e)| head.slice(s as usize..e as usize))
+        .filter(|r| status.canonical_reason().map(str::as_bytes) != Some(&r[..]));
+    let version = if minor == 0 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let framing = framing(status, head_request, &headers)?;
+    let keep_alive = framing != Framing::Close
+        && match version {
+            Version::HTTP_11 => !has_token(&headers, header::CONNECTION, "close"),
+            _ => has_token(&headers, header::CONNECTION, "keep-alive"),
+        };
+    Ok(Some(ResponseHead {
+        status,
+        version,
+        reason,
+        headers,
+        framing,
+        keep_alive,
+    }))
+}
+
+/// RFC 9112 §6.3: how the body of this response is delimited.
+fn framing(status: StatusCode, head_request: bool, h: &HeaderMap) -> Result<Framing, WireError> {
+    if head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok(Framing::Empty);
+    }
+    if h.contains_key(header::TRANSFER_ENCODING) {
+        // Chunked only if it is the last coding; otherwise the body runs to the close.
+        let last = h
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .rfind(|t| !t.is_empty());
+        return Ok(match last {
+            Some(t) if t.eq_ignore_ascii_case("chunked") => Framing::Chunked,
+            _ => Framing::Close,
+        });
+    }
+    let mut length: Option<u64> = None;
+    for v in h.get_all(header::CONTENT_LENGTH) {
+        for part in v.as_bytes().split(|&b| b == b',') {
+            let n = parse_decimal(part.trim_ascii()).ok_or(WireError::Length)?;
+            if length.is_some_and(|l| l != n) {
+                return Err(WireError::Length);
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(0) => Framing::Empty,
+        Some(n) => Framing::Length(n),
+        None => Framing::Close,
+    })
+}
+
+fn parse_decimal(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 19 {
+        return None;
+    }
+    s.iter().try_fold(0u64, |n, &b| {
+        b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
+    })
+}
+
+/// Whether a comma-separated header (e.g. `Connection`) lists `token`.
+pub fn has_token(h: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    h.get_all(name).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
+}
+
+/// What the chunked decoder found in the buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded {
+    Data(Bytes),
+    /// The buffer holds no complete piece; read more.
+    NeedMore,
+    /// The last chunk and the trailers are consumed.
+    Done,
+}
+
+/// Decodes a chunked body incrementally (RFC 9112 §7.1); trailers are dropped.
+#[derive(Debug, Default)]
+pub struct ChunkedDecoder {
+    state: ChunkState,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+enum ChunkState {
+    #[default]
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers,
+    Done,
+}
+
+impl ChunkedDecoder {
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, WireError> {
+        loop {
+            match self.state {
+                ChunkState::Size => {
+                    let Some(line) = take_line(buf)? else {
+                        return Ok(Decoded::NeedMore);
+                    };
+                    let size = line.split(|&b| b == b';').next().unwrap_or(&[]);
+                    let size = parse_hex(size.trim_ascii()).ok_or(WireError::Chunk)?;
+                    self.state = if size == 0 {
+                        ChunkState::Trailers
+                    } else {
+                        ChunkState::Data(size)
+                    };
+                }
+                ChunkState::Data(left) => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    let n = left.min(buf.len() as u64);
+                    let data = buf.split_to(n as usize).freeze();
+                    self.state = if n == left {
+                        ChunkState::DataEnd
+                    } else {
+                        ChunkState::Data(left - n)
+                    };
+                    return Ok(Decoded::Data(data));
+                }
+                ChunkState::DataEnd => {
+                    if buf.len() < 2 {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(WireError::Chunk);
+                    }
+                    let _ = buf.split_to(2);
+                    self.state = ChunkState::Size;
+                }
+                ChunkState::Trailers => {
+                    let Some(line) = take_line(buf)? else {
+                        return Ok(Decoded::NeedMore);
+                    };
+                    if line.is_empty() {
+                        self.state = ChunkState::Done;
+                    }
+                }
+                ChunkState::Done => return Ok(Decoded::Done),
+            }
+        }
+    }
+}
+
+/// Removes one CRLF- (or LF-) terminated line from the front of `buf`, without the ending.
+fn take_line(buf: &mut BytesMut) -> Result<Option<Bytes>, WireError> {
+    match memchr::memchr(b'\n', buf) {
+        Some(i) if i <= MAX_LINE => {
+            let mut line = buf.split_to(i + 1).freeze();
+            line.truncate(i);
+            if line.last() == Some(&b'\r') {
+                line.truncate(i - 1);
+            }
+            Ok(Some(line))
+        }
+        Some(_) => Err(WireError::Chunk),
+        None if buf.len() > MAX_LINE => Err(WireError::Chunk),
+        None => Ok(None),
+    }
+}
+
+fn parse_hex(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 15 {
+        return None;
+    }
+    s.iter().try_fold(0u64, |n, &b| {
+        let d = (b as char).to_digit(16)?;
+        Some(n << 4 | u64::from(d))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &[u8], head: bool) -> Result<Option<ResponseHead>, WireError> {
+        parse_response(&mut BytesMut::from(raw), head, 65536)
+    }
+
+    #[test]
+    fn request_head_has_target_headers_and_chunked_framing() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("shop"));
+        h.append("x-a", HeaderValue::from_static("1"));
+        h.append("x-a", HeaderValue::from_static("2"));
+        let mut out = BytesMut::new();
+        encode_request_head(
+            &Method::POST,
+            "/cart?x=1",
+            &h,
+            ReqFraming::Chunked,
+            &mut out,
+        );
+        assert_eq!(
+            &out[..],
+            b"POST /cart?x=1 HTTP/1.1\r\nhost: shop\r\nx-a: 1\r\nx-a: 2\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn chunk_header_is_lowercase_hex() {
+        for (n, want) in [(1usize, "1\r\n"), (255, "ff\r\n"), (65536, "10000\r\n")] {
+            let mut out = BytesMut::new();
+            chunk_header(n, &mut out);
+            assert_eq!(&out[..], want.as_bytes());
+        }
+    }
+
+    #[test]
+    fn partial_head_asks_for_more_and_keeps_the_bytes() {
+        let raw = b"HTTP/1.1 200 OK\r\nContent-Len";
+        let mut buf = BytesMut::from(&raw[..]);
+        assert!(parse_response(&mut buf, false, 65536).unwrap().is_none());
+        assert_eq!(&buf[..], raw);
+    }
+
+    #[test]
+    fn head_is_split_off_and_body_bytes_stay() {
+        let mut buf =
+            BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Y: z\r\n\r\nhello"[..]);
+        let r = parse_response(&mut buf, false, 65536).unwrap().unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.framing, Framing::Length(5));
+        assert!(r.keep_alive);
+        assert_eq!(r.headers["x-y"], "z");
+        assert_eq!(r.reason, None);
+        assert_eq!(&buf[..], b"hello");
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let f = |raw: &[u8], head| parse(raw, head).unwrap().unwrap().framing;
+        assert_eq!(
+            f(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", true),
+            Framing::Empty
+        );
+        assert_eq!(f(b"HTTP/1.1 204 No Content\r\n\r\n", false), Framing::Empty);
+        assert_eq!(
+            f(
+                b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+                false
+            ),
+            Framing::Empty
+        );
+        assert_eq!(
+            f(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 3\r\n\r\n",
+                false
+            ),
+            Framing::Chunked
+        );
+        assert_eq!(
+            f(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false),
+            Framing::Close
+        );
+        assert_eq!(f(b"HTTP/1.1 200 OK\r\n\r\n", false), Framing::Close);
+        assert_eq!(
+            f(b"HTTP/1.1 200 OK\r\nContent-Length: 7, 7\r\n\r\n", false),
+            Framing::Length(7)
+        );
+        assert_eq!(
+            parse(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\nContent-Length: 8\r\n\r\n",
+                false
+            )
+            .unwrap_err(),
+            WireError::Length
+        );
+        assert_eq!(
+            parse(b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", false).unwrap_err(),
+            WireError::Length
+        );
+    }
+
+    #[test]
+    fn keep_alive_depends_on_version_and_connection() {
+        let ka = |raw: &[u8]| parse(raw, false).unwrap().unwrap().keep_alive;
+        assert!(!ka(
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        ));
+        assert!(!ka(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n"));
+        assert!(ka(
+            b"HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 0\r\n\r\n"
+        ));
+        assert!(
+            !ka(b"HTTP/1.1 200 OK\r\n\r\n"),
+            "a body delimited by close ends the connection"
+        );
+    }
+
+    #[test]
+    fn custom_reason_is_kept_and_garbage_rejected() {
+        let r = parse(b"HTTP/1.1 200 Fine\r\nContent-Length: 0\r\n\r\n", false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.reason.as_deref(), Some(&b"Fine"[..]));
+        assert_eq!(
+            parse(b"SMTP ready\r\n\r\n", false).unwrap_err(),
+            WireError::Head
+        );
+        let big = [b"HTTP/1.1 200 OK\r\nX: ".as_slice(), &[b'a'; 70000]].concat();
+        assert_eq!(parse(&big, false).unwrap_err(), WireError::TooLarge);
+    }
+
+    fn decode_all(mut input: BytesMut) -> Result<Vec<u8>, WireError> {
+        let mut d = ChunkedDecoder::default();
+        let mut out = Vec::new();
+        loop {
+            match d.decode(&mut input)? {
+                Decoded::Data(b) => out.extend_from_slice(&b),
+                Decoded::Done => return Ok(out),
+                Decoded::NeedMore => return Err(WireError::Chunk),
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode_with_extensions_and_trailers() {
+        let body = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\nNEXT";
+        let mut buf = BytesMut::from(&body[..]);
+        assert_eq!(
+            decode_all(buf.split_to(body.len() - 4)).unwrap(),
+            b"hello world"
+        );
+        assert_eq!(&buf[..], b"NEXT");
+    }
+
+    #[test]
+    fn chunked_decoding_resumes_byte_by_byte() {
+        let body = b"3\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\n\r\n";
+        let mut d = ChunkedDecoder::default();
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        let mut done = false;
+        for &b in body.iter() {
+            buf.put_u8(b);
+            loop {
+                match d.decode(&mut buf).unwrap() {
+                    Decoded::Data(x) => out.extend_from_slice(&x),
+                    Decoded::NeedMore => break,
+                    Decoded::Done => {
+                        done = true;
+                        break;
+                    }
+                }
+            }
+        }
+        assert!(done);
+        assert_eq!(out, b"abc0123456789abcdef");
+    }
+
+    #[test]
+    fn bad_chunks_are_errors_not_panics() {
+        for bad in [&b"zz\r\n"[..], b"3\r\nabcXY", b"fffffffffffffffff\r\n"] {
+            assert_eq!(
+                decode_all(BytesMut::from(bad)).unwrap_err(),
+                WireError::Chunk,
+                "{bad:?}"
+            );
+        }
+        let long = [&[b'1'; 5000][..], b"\r\n"].concat();
+        assert_eq!(
+            decode_all(BytesMut::from(&long[..])).unwrap_err(),
+            WireError::Chunk
+        );
+    }
+}

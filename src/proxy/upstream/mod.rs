@@ -1,0 +1,642 @@
+//! Connections to backends: connect with a timeout and TCP_NODELAY, HTTP/1.1 keep-alive
+//! pooling in a lock-free queue, the exchange itself (request out, response head in) on
+//! the request's own task, and a response body that returns its connection when done.
+
+pub mod h1;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::{pin, Pin};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use crossbeam_queue::ArrayQueue;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::state::{BackendShared, PoolShared};
+use crate::tls::BackendTls;
+use h1::{Decoded, Framing, ReqFraming, ResponseHead, WireError};
+
+/// Idle connections kept per backend.
+const MAX_IDLE: usize = 256;
+/// An idle connection older than this is not reused, and the sweep closes it (Tomcat closes
+/// idle keep-alive at 20 s by default, nginx at 75 s).
+pub const IDLE_REUSE: Duration = Duration::from_secs(15);
+/// Read size for backend connections.
+const READ_CHUNK: usize = 8192;
+
+/// The body sent to a backend: the client's, streamed, or none (a replayed request).
+pub enum ReqBody {
+    Client(Incoming),
+    Empty,
+}
+
+impl ReqBody {
+    pub fn is_end_stream(&self) -> bool {
+        match self {
+            ReqBody::Client(b) => b.is_end_stream(),
+            ReqBody::Empty => true,
+        }
+    }
+}
+
+/// A request ready for the wire: its encoded head and its body.
+pub struct Outgoing {
+    pub head: Bytes,
+    pub framing: ReqFraming,
+    pub body: ReqBody,
+    /// A HEAD request: the response has no body whatever its headers say.
+    pub head_request: bool,
+}
+
+/// The transport under a backend connection.
+pub enum Io {
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_write(cx, b),
+            Io::Tls(s) => Pin::new(s).poll_write(cx, b),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// One HTTP/1.1 connection to a backend and the bytes read from it but not yet consumed.
+pub struct Conn {
+    pub io: Io,
+    pub buf: BytesMut,
+}
+
+impl Conn {
+    fn new(io: Io) -> Self {
+        Conn {
+            io,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Whether an idle connection can take a request: the backend has not closed it or sent
+    /// anything unasked. Looks at the socket without waiting (no system call unless the
+    /// socket became readable).
+    fn looks_open(&self) -> bool {
+        let tcp = match &self.io {
+            Io::Tcp(s) => s,
+            Io::Tls(s) => s.get_ref().0,
+        };
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut byte = [0u8; 1];
+        let mut rb = ReadBuf::new(&mut byte);
+        match tcp.poll_peek(&mut cx, &mut rb) {
+            Poll::Pending => true,
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => false,
+            // Plain HTTP: bytes nobody asked for. TLS: may be a session ticket, which the
+            // TLS layer consumes on the next read.
+            Poll::Ready(Ok(_)) => matches!(self.io, Io::Tls(_)),
+        }
+    }
+
+    /// Reads more bytes into the buffer; `Ok(0)` is the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        // `read_buf` keeps nothing between polls, so a fresh future per poll is fine.
+        pin!(self.io.read_buf(&mut self.buf)).poll(cx)
+    }
+}
+
+struct Idle {
+    conn: Conn,
+    since: Instant,
+}
+
+/// Idle keep-alive connections to one backend.
+pub struct ConnPool {
+    idle: ArrayQueue<Idle>,
+}
+
+impl std::fmt::Debug for ConnPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ConnPool({} idle)", self.idle.len())
+    }
+}
+
+impl Default for ConnPool {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ConnPool {
+    pub fn new() -> Self {
+        ConnPool {
+            idle: ArrayQueue::new(MAX_IDLE),
+        }
+    }
+
+    fn put(&self, conn: Conn) {
+        // A full pool drops the connection, which closes it.
+        let _ = self.idle.push(Idle {
+            conn,
+            since: Instant::now(),
+        });
+    }
+
+    fn take(&self) -> Option<Conn> {
+        while let Some(idle) = self.idle.pop() {
+            if idle.since.elapsed() < IDLE_REUSE && idle.conn.looks_open() {
+                return Some(idle.conn);
+            }
+        }
+        None
+    }
+
+    pub fn idle_count(&self) -> usize {
+        self.idle.len()
+    }
+
+    /// Closes idle connections past [`IDLE_REUSE`] or closed by the backend.
+    pub fn sweep(&self) {
+        for _ in 0..self.idle.len() {
+            let Some(i) = self.idle.pop() else { break };
+            if i.since.elapsed() < IDLE_REUSE && i.conn.looks_open() {
+                // Back in the queue; if it filled meanwhile, the connection is dropped.
+                let _ = self.idle.push(i);
+            }
+        }
+    }
+}
+
+/// Why a backend did not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connect failed: {0}")]
+    Connect(#[source] io::Error),
+    #[error("connect timed out")]
+    ConnectTimeout,
+    #[error("could not resolve backend address")]
+    Resolve,
+    #[error("TLS handshake with the backend failed: {0}")]
+    Tls(#[source] io::Error),
+    #[error("backend did not answer in time")]
+    ResponseTimeout,
+    #[error("backend connection failed: {0}")]
+    Io(#[source] io::Error),
+    #[error("backend closed the connection before answering")]
+    Closed,
+    #[error("backend sent a bad response: {0}")]
+    Wire(#[from] WireError),
+    #[error("backend broke the protocol: {0}")]
+    Protocol(&'static str),
+    #[error("reading the client's request body failed: {0}")]
+    ClientBody(#[source] hyper::Error),
+}
+
+impl UpstreamError {
+    /// Failures before any byte of the request reached the backend: safe to retry elsewhere.
+    pub fn is_connect(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::Connect(_)
+                | UpstreamError::ConnectTimeout
+                | UpstreamError::Resolve
+                | UpstreamError::Tls(_)
+        )
+    }
+
+    /// The backend failed before answering (reset, closed, broken response), as opposed to
+    /// being slow: a request that can be replayed may go to another backend.
+    pub fn is_replayable_failure(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::Io(_) | UpstreamError::Closed | UpstreamError::Wire(_)
+        )
+    }
+
+    /// A short label for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect(_) => "connect",
+            UpstreamError::ConnectTimeout => "connect_timeout",
+            UpstreamError::Resolve => "resolve",
+            UpstreamError::Tls(_) => "tls",
+            UpstreamError::ResponseTimeout => "response_timeout",
+            UpstreamError::Io(_) | UpstreamError::Closed => "response",
+            UpstreamError::Wire(_) | UpstreamError::Protocol(_) => "protocol",
+            UpstreamError::ClientBody(_) => "client_body",
+        }
+    }
+}
+
+/// Where and how to reach one backend.
+pub struct Target<'a> {
+    pub address: &'a str,
+    pub socket_addr: Option<SocketAddr>,
+    pub shared: &'a Arc<BackendShared>,
+    pub connect_timeout: Duration,
+    pub tls: Option<&'a Arc<BackendTls>>,
+}
+
+/// A ready connection, and whether it was reused from the pool (a reused one may race
+/// with the backend closing it).
+pub async fn checkout(t: &Target<'_>) -> Result<(Conn, bool), UpstreamError> {
+    if let Some(c) = t.shared.conns.take() {
+        return Ok((c, true));
+    }
+    connect(t).await.map(|c| (c, false))
+}
+
+/// A fresh connection, skipping the pool (after a pooled one turned out stale).
+pub async fn connect(t: &Target<'_>) -> Result<Conn, UpstreamError> {
+    // TCP connect and (for HTTPS backends) the TLS handshake share `connect_timeout`.
+    tokio::time::timeout(t.connect_timeout, async {
+        let stream = tcp_connect(t.address, t.socket_addr).await?;
+        let _ = stream.set_nodelay(true);
+        Ok(Conn::new(match t.tls {
+            None => Io::Tcp(stream),
+            Some(tls) => {
+                let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+                let stream = connector
+                    .connect(tls.name.clone(), stream)
+                    .await
+                    .map_err(UpstreamError::Tls)?;
+                Io::Tls(Box::new(stream))
+            }
+        }))
+    })
+    .await
+    .map_err(|_| UpstreamError::ConnectTimeout)?
+}
+
+/// A TCP connection to a literal address, or to the first address a name resolves to that
+/// accepts.
+pub async fn tcp_connect(
+    address: &str,
+    socket_addr: Option<SocketAddr>,
+) -> Result<TcpStream, UpstreamError> {
+    if let Some(a) = socket_addr {
+        return TcpStream::connect(a).await.map_err(UpstreamError::Connect);
+    }
+    let addrs = tokio::net::lookup_host(address)
+        .await
+        .map_err(|_| UpstreamError::Resolve)?;
+    let mut last = UpstreamError::Resolve;
+    for a in addrs {
+        match TcpStream::connect(a).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = UpstreamError::Connect(e),
+        }
+    }
+    Err(last)
+}
+
+/// Why a send failed, and the request when the backend cannot have received it whole (the
+/// head could not be written), so the caller can send it again on a fresh connection.
+pub struct SendFailure {
+    pub error: UpstreamError,
+    pub unsent: Option<Outgoing>,
+}
+
+/// A response head and the connection its body comes on.
+pub struct Exchange {
+    pub head: ResponseHead,
+    pub conn: Conn,
+}
+
+/// Writes `req` on `conn` and reads the response head (skipping 1xx interim responses other
+/// than 101), all within `response_timeout`.
+pub async fn send(
+    mut conn: Conn,
+    req: Outgoing,
+    response_timeout: Duration,
+    max_head: usize,
+) -> Result<Exchange, SendFailure> {
+    let exchange = async {
+        if let Err(e) = write_all_flush(&mut conn.io, &req.head).await {
+            return Err(SendFailure {
+                error: UpstreamError::Io(e),
+                unsent: Some(req),
+            });
+        }
+        let fail = |error| SendFailure {
+            error,
+            unsent: None,
+        };
+        let head_request = req.head_request;
+        if let Err(e) = send_body(&mut conn.io, req.body, req.framing).await {
+            if matches!(e, UpstreamError::ClientBody(_)) {
+                return Err(fail(e));
+            }
+            // A backend may answer (413, 401) and close before reading the whole body:
+            // relay that answer if there is one.
+            match read_head(&mut conn, head_request, max_head).await {
+                Ok(mut head) => {
+                    head.keep_alive = false;
+                    return Ok(Exchange { head, conn });
+                }
+                Err(_) => return Err(fail(e)),
+            }
+        }
+        read_head(&mut conn, head_request, max_head)
+            .await
+            .map(|head| Exchange { head, conn })
+            .map_err(fail)
+    };
+    match tokio::time::timeout(response_timeout, exchange).await {
+        Ok(r) => r,
+        Err(_) => Err(SendFailure {
+            error: UpstreamError::ResponseTimeout,
+            unsent: None,
+        }),
+    }
+}
+
+async fn write_all_flush(io: &mut Io, b: &[u8]) -> io::Result<()> {
+    io.write_all(b).await?;
+    io.flush().await
+}
+
+/// Streams the request body, chunk-encoding it when its length is unknown.
+async fn send_body(
+    io: &mut Io,
+    mut body: ReqBody,
+    framing: ReqFraming,
+) -> Result<(), UpstreamError> {
+    let ReqBody::Client(incoming) = &mut body else {
+        return Ok(());
+    };
+    if framing == ReqFraming::None {
+        return Ok(());
+    }
+    let mut out = BytesMut::new();
+    while let Some(frame) = incoming.frame().await {
+        let frame = frame.map_err(UpstreamError::ClientBody)?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers are not forwarded
+        };
+        if data.is_empty() {
+            continue;
+        }
+        if framing == ReqFraming::Chunked {
+            out.clear();
+            h1::chunk_header(data.len(), &mut out);
+            out.extend_from_slice(&data);
+            out.extend_from_slice(b"\r\n");
+            io.write_all(&out).await.map_err(UpstreamError::Io)?;
+        } else {
+            io.write_all(&data).await.map_err(UpstreamError::Io)?;
+        }
+    }
+    if framing == ReqFraming::Chunked {
+        io.write_all(b"0\r\n\r\n")
+            .await
+            .map_err(UpstreamError::Io)?;
+    }
+    io.flush().await.map_err(UpstreamError::Io)
+}
+
+async fn read_head(
+    conn: &mut Conn,
+    head_request: bool,
+    max_head: usize,
+) -> Result<ResponseHead, UpstreamError> {
+    loop {
+        if let Some(head) = h1::parse_response(&mut conn.buf, head_request, max_head)? {
+            if head.status.is_informational()
+                && head.status != http::StatusCode::SWITCHING_PROTOCOLS
+            {
+                continue; // 100 Continue, 103 Early Hints: the final answer follows
+            }
+            return Ok(head);
+        }
+        let n = std::future::poll_fn(|cx| conn.poll_fill(cx))
+            .await
+            .map_err(UpstreamError::Io)?;
+        if n == 0 {
+            return Err(if conn.buf.is_empty() {
+                UpstreamError::Closed
+            } else {
+                UpstreamError::Wire(WireError::Head)
+            });
+        }
+    }
+}
+
+/// Counts one request in flight on a backend and its pool until dropped.
+pub struct InFlight {
+    backend: Arc<BackendShared>,
+    pool: Arc<PoolShared>,
+}
+
+impl InFlight {
+    pub fn new(backend: Arc<BackendShared>, pool: Arc<PoolShared>) -> Self {
+        backend.in_flight.fetch_add(1, Ordering::Relaxed);
+        pool.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight { backend, pool }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.backend.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.pool.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A backend response body streamed to the client. When it ends cleanly its connection goes
+/// back to the pool (if the backend keeps it alive); the in-flight count drops when the body
+/// ends or the client goes away.
+pub struct UpstreamBody {
+    conn: Option<Conn>,
+    state: BodyState,
+    keep_alive: bool,
+    /// An error was seen and will be returned on the next poll.
+    failing: bool,
+    backend: Arc<BackendShared>,
+    in_flight: Option<InFlight>,
+}
+
+enum BodyState {
+    Length(u64),
+    Chunked(h1::ChunkedDecoder),
+    Close,
+    Done,
+}
+
+impl UpstreamBody {
+    pub fn new(
+        exchange: Exchange,
+        backend: Arc<BackendShared>,
+        in_flight: InFlight,
+    ) -> (http::response::Parts, Self) {
+        let Exchange { head, conn } = exchange;
+        let state = match head.framing {
+            Framing::Empty => BodyState::Done,
+            Framing::Length(n) => BodyState::Length(n),
+            Framing::Chunked => BodyState::Chunked(h1::ChunkedDecoder::default()),
+            Framing::Close => BodyState::Close,
+        };
+        let mut body = UpstreamBody {
+            conn: Some(conn),
+            state,
+            keep_alive: head.keep_alive,
+            failing: false,
+            backend,
+            in_flight: Some(in_flight),
+        };
+        // An empty body (204, 304, HEAD) may never be polled: release it now.
+        if matches!(body.state, BodyState::Done) {
+            body.finish();
+        }
+        let mut res = http::Response::new(());
+        *res.status_mut() = head.status;
+        *res.version_mut() = head.version;
+        *res.headers_mut() = head.headers;
+        if let Some(r) = head
+            .reason
+            .and_then(|r| hyper::ext::ReasonPhrase::try_from(r).ok())
+        {
+            res.extensions_mut().insert(r);
+        }
+        (res.into_parts().0, body)
+    }
+
+    /// The body ended: a clean keep-alive connection goes back to the pool.
+    fn finish(&mut self) {
+        self.state = BodyState::Done;
+        if let Some(c) = self.conn.take() {
+            if self.keep_alive && c.buf.is_empty() {
+                self.backend.conns.put(c);
+            }
+        }
+        self.in_flight = None;
+    }
+
+    /// Ends the body with an error. The first time, it yields once instead: hyper then
+    /// flushes the bytes it holds (the head, the last data) before the error closes the
+    /// client connection, so the client sees how far the body got.
+    fn fail(
+        &mut self,
+        e: UpstreamError,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
+        if !self.failing {
+            self.failing = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        self.state = BodyState::Done;
+        self.conn = None;
+        self.in_flight = None;
+        Poll::Ready(Some(Err(e)))
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = UpstreamError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
+        let this = &mut *self;
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let buffered = !conn.buf.is_empty();
+            match &mut this.state {
+                BodyState::Done => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                BodyState::Length(left) if buffered => {
+                    let n = (*left).min(conn.buf.len() as u64);
+                    let data = conn.buf.split_to(n as usize).freeze();
+                    *left -= n;
+                    // hyper stops polling once Content-Length bytes are written: release the
+                    // connection with the last bytes rather than waiting for a `None`.
+                    if *left == 0 {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                BodyState::Chunked(d) if buffered => match d.decode(&mut conn.buf) {
+                    Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Ok(Decoded::Done) => {
+                        this.finish();
+                        return Poll::Ready(None);
+                    }
+                    Ok(Decoded::NeedMore) => {}
+                    Err(e) => return this.fail(e.into(), cx),
+                },
+                BodyState::Close if buffered => {
+                    let data = conn.buf.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                _ => {}
+            }
+            match ready!(conn.poll_fill(cx)) {
+                Ok(0) if matches!(this.state, BodyState::Close) => {
+                    this.keep_alive = false;
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(0) => return this.fail(UpstreamError::Closed, cx),
+                Ok(_) => {}
+                Err(e) => return this.fail(UpstreamError::Io(e), cx),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state, BodyState::Done)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.state {
+            BodyState::Length(n) => SizeHint::with_exact(n),
+            BodyState::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
