@@ -228,15 +228,19 @@ fn attributes(cfg: &CookieConfig, secure: bool) -> String {
     rendered.strip_prefix("x=").unwrap_or(&rendered).to_string()
 }
 
+/// Exactly `len` lowercase hex digits (at most 16).
 fn parse_hex(s: &str, len: usize) -> Option<u64> {
-    if s.len() != len
-        || !s
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-    {
+    if s.len() != len || len > 16 {
         return None;
     }
-    u64::from_str_radix(s, 16).ok()
+    s.bytes().try_fold(0u64, |n, b| {
+        let d = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            _ => return None,
+        };
+        Some(n << 4 | u64::from(d))
+    })
 }
 
 /// Finds the first value of cookie `name` across `Cookie` header values.

@@ -1,10 +1,14 @@
 //! Header rewriting between client and backend: hop-by-hop removal, X-Forwarded-*, our
 //! cookie stripped, and `Cache-Control: private` on responses that set a pin.
 
+use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use super::upstream::h1::{self, ReqFraming};
+use crate::affinity::cookie;
+
 /// Hop-by-hop headers (RFC 9110 §7.6.1) that never cross the proxy.
-const HOP_BY_HOP: [HeaderName; 8] = [
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -19,60 +23,153 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+/// The tokens of `Connection` headers that name other headers to drop. `close` and
+/// `keep-alive` are left out: the first names nothing, the second is hop-by-hop anyway.
+fn connection_tokens(h: &HeaderMap) -> impl Iterator<Item = &[u8]> {
+    h.get_all(header::CONNECTION)
+        .into_iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| {
+            !t.is_empty()
+                && !t.eq_ignore_ascii_case(b"close")
+                && !t.eq_ignore_ascii_case(b"keep-alive")
+        })
+}
+
 /// Removes hop-by-hop headers and those the `Connection` header names. With `keep_upgrade`,
 /// `Connection: upgrade` and `Upgrade` survive (WebSocket and other upgrades).
 pub fn remove_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
-    if h.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = h
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+    // One pass over the names, then a removal only for the ones present.
+    let mut present = [false; 8];
+    let mut upgrade = false;
+    for k in h.keys() {
+        match HOP_BY_HOP.iter().position(|n| n == k) {
+            Some(i) => present[i] = true,
+            None => upgrade |= k == header::UPGRADE,
+        }
+    }
+    if present[0] {
+        let named: Vec<HeaderName> = connection_tokens(h)
+            .filter(|t| !(keep_upgrade && t.eq_ignore_ascii_case(b"upgrade")))
+            .filter_map(|t| HeaderName::from_bytes(t).ok())
             .collect();
         for n in named {
             h.remove(n);
         }
     }
-    for n in &HOP_BY_HOP {
+    for (n, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
         h.remove(n);
     }
     if keep_upgrade {
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if upgrade {
         h.remove(header::UPGRADE);
     }
 }
 
-/// Appends the client to X-Forwarded-For and sets X-Forwarded-Proto and -Host.
-pub fn set_forwarded(h: &mut HeaderMap, peer: &[u8], tls: bool, host: Option<&HeaderValue>) {
-    let mut xff: Vec<u8> = Vec::with_capacity(64);
-    for v in h.get_all(&X_FORWARDED_FOR) {
-        if !xff.is_empty() {
-            xff.extend_from_slice(b", ");
+/// What the backend's request says about the client, beyond the client's own headers.
+pub struct Forwarding<'a> {
+    /// The client's address as text (for X-Forwarded-For).
+    pub peer: &'a [u8],
+    pub tls: bool,
+    /// The host the client asked for (sent as Host and X-Forwarded-Host).
+    pub host: Option<&'a HeaderValue>,
+    /// An upgrade (WebSocket): `Upgrade` and `Connection: upgrade` are kept.
+    pub upgrade: bool,
+    /// tether's own affinity cookie, removed from `Cookie`.
+    pub own_cookie: Option<&'a str>,
+}
+
+/// Writes the head of the request sent to the backend, straight from the client's headers:
+/// hop-by-hop headers and those `Connection` names are left out, the cookies go as one
+/// `Cookie` header without tether's own, and Host and X-Forwarded-For/-Proto/-Host are set.
+pub fn write_request_head(
+    method: &http::Method,
+    target: &str,
+    h: &HeaderMap,
+    f: &Forwarding<'_>,
+    framing: ReqFraming,
+    out: &mut BytesMut,
+) {
+    h1::request_line(method, target, out);
+    let named: Vec<&[u8]> = if h.contains_key(header::CONNECTION) {
+        connection_tokens(h)
+            .filter(|t| !(f.upgrade && t.eq_ignore_ascii_case(b"upgrade")))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut cookies = 0;
+    for (name, value) in h {
+        let skip = HOP_BY_HOP.contains(name)
+            || (name == header::UPGRADE && !f.upgrade)
+            || name == header::HOST
+            || name == X_FORWARDED_FOR
+            || name == X_FORWARDED_PROTO
+            || name == X_FORWARDED_HOST
+            || named
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case(name.as_str().as_bytes()));
+        if name == header::COOKIE {
+            cookies += 1;
+        } else if !skip {
+            h1::header_line(name.as_str().as_bytes(), value.as_bytes(), out);
         }
-        xff.extend_from_slice(v.as_bytes());
     }
-    if !xff.is_empty() {
-        xff.extend_from_slice(b", ");
+    if let Some(host) = f.host {
+        h1::header_line(b"host", host.as_bytes(), out);
     }
-    xff.extend_from_slice(peer);
-    if let Ok(v) = HeaderValue::from_bytes(&xff) {
-        h.insert(X_FORWARDED_FOR.clone(), v);
-    }
-    h.insert(
-        X_FORWARDED_PROTO.clone(),
-        HeaderValue::from_static(if tls { "https" } else { "http" }),
-    );
-    match host {
-        Some(host) => {
-            h.insert(X_FORWARDED_HOST.clone(), host.clone());
+    // HTTP/2 may send several cookie headers; HTTP/1.1 wants one.
+    if cookies > 0 {
+        let values = h
+            .get_all(header::COOKIE)
+            .into_iter()
+            .map(HeaderValue::as_bytes);
+        match (cookies, f.own_cookie) {
+            (1, None) => {
+                for v in values {
+                    h1::header_line(b"cookie", v, out);
+                }
+            }
+            (_, own) => {
+                if let Some(v) = cookie::strip_cookie(values, own) {
+                    h1::header_line(b"cookie", &v, out);
+                }
+            }
         }
-        None => {
-            h.remove(&X_FORWARDED_HOST);
-        }
     }
+    let mut xff = h.get_all(&X_FORWARDED_FOR).into_iter().peekable();
+    if xff.peek().is_none() {
+        h1::header_line(b"x-forwarded-for", f.peer, out);
+    } else {
+        out.extend_from_slice(b"x-forwarded-for: ");
+        for v in xff {
+            out.extend_from_slice(v.as_bytes());
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(f.peer);
+        out.extend_from_slice(b"\r\n");
+    }
+    let proto: &[u8] = if f.tls { b"https" } else { b"http" };
+    h1::header_line(b"x-forwarded-proto", proto, out);
+    if let Some(host) = f.host {
+        h1::header_line(b"x-forwarded-host", host.as_bytes(), out);
+    }
+    if f.upgrade {
+        h1::header_line(b"connection", b"upgrade", out);
+    }
+    // A bodiless POST, PUT or PATCH without a length (HTTP/2 allows that) says it has none.
+    if framing == ReqFraming::None
+        && matches!(
+            *method,
+            http::Method::POST | http::Method::PUT | http::Method::PATCH
+        )
+        && !h.contains_key(header::CONTENT_LENGTH)
+    {
+        h1::header_line(b"content-length", b"0", out);
+    }
+    h1::end_head(framing, out);
 }
 
 /// Makes a response that sets a pin unstorable by shared caches: adds `Cache-Control:
@@ -144,16 +241,103 @@ mod tests {
         assert_eq!(h.get(header::CONNECTION).unwrap(), "upgrade");
     }
 
+    fn head_for(h: &HeaderMap, f: &Forwarding<'_>) -> String {
+        let mut out = BytesMut::new();
+        write_request_head(&http::Method::GET, "/p", h, f, ReqFraming::None, &mut out);
+        String::from_utf8(out.to_vec()).unwrap()
+    }
+
+    fn plain<'a>(host: Option<&'a HeaderValue>) -> Forwarding<'a> {
+        Forwarding {
+            peer: b"10.0.0.9",
+            tls: false,
+            host,
+            upgrade: false,
+            own_cookie: None,
+        }
+    }
+
     #[test]
-    fn forwarded_headers_append_and_set() {
+    fn request_head_sets_forwarded_headers_and_host() {
         let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
+        h.insert(header::HOST, HeaderValue::from_static("original"));
+        h.append("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
+        h.append("x-forwarded-for", HeaderValue::from_static("2.2.2.2"));
         h.insert("x-forwarded-host", HeaderValue::from_static("evil"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("gopher"));
+        h.insert("accept", HeaderValue::from_static("*/*"));
         let host = HeaderValue::from_static("shop.example.com");
-        set_forwarded(&mut h, b"10.0.0.9", false, Some(&host));
-        assert_eq!(h.get("x-forwarded-for").unwrap(), "1.1.1.1, 10.0.0.9");
-        assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
-        assert_eq!(h.get("x-forwarded-host").unwrap(), "shop.example.com");
+        assert_eq!(
+            head_for(&h, &plain(Some(&host))),
+            "GET /p HTTP/1.1\r\naccept: */*\r\nhost: shop.example.com\r\n\
+             x-forwarded-for: 1.1.1.1, 2.2.2.2, 10.0.0.9\r\nx-forwarded-proto: http\r\n\
+             x-forwarded-host: shop.example.com\r\n\r\n"
+        );
+        let no_host = head_for(&HeaderMap::new(), &plain(None));
+        assert_eq!(
+            no_host,
+            "GET /p HTTP/1.1\r\nx-forwarded-for: 10.0.0.9\r\nx-forwarded-proto: http\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn request_head_leaves_out_hop_by_hop_and_connection_named_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret, upgrade"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        let head = head_for(&h, &plain(None));
+        assert!(head.contains("x-kept: 1\r\n"), "{head}");
+        for gone in ["x-secret", "keep-alive", "te:", "upgrade", "connection"] {
+            assert!(!head.contains(gone), "{gone} in {head}");
+        }
+        let ws = head_for(
+            &h,
+            &Forwarding {
+                upgrade: true,
+                ..plain(None)
+            },
+        );
+        assert!(
+            ws.contains("upgrade: websocket\r\n") && ws.contains("connection: upgrade\r\n"),
+            "{ws}"
+        );
+        assert!(!ws.contains("x-secret"), "{ws}");
+    }
+
+    #[test]
+    fn request_head_sends_one_cookie_header_without_ours() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1; TETHER=v1.x"));
+        h.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        let head = head_for(
+            &h,
+            &Forwarding {
+                own_cookie: Some("TETHER"),
+                ..plain(None)
+            },
+        );
+        assert!(head.contains("\r\ncookie: a=1; b=2\r\n"), "{head}");
+        assert_eq!(head.matches("cookie:").count(), 1, "{head}");
+        let mut only_ours = HeaderMap::new();
+        only_ours.insert(header::COOKIE, HeaderValue::from_static("TETHER=v1.x"));
+        let head = head_for(
+            &only_ours,
+            &Forwarding {
+                own_cookie: Some("TETHER"),
+                ..plain(None)
+            },
+        );
+        assert!(!head.contains("cookie"), "{head}");
+        let mut one = HeaderMap::new();
+        one.insert(header::COOKIE, HeaderValue::from_static("a=1;b=2"));
+        assert!(head_for(&one, &plain(None)).contains("\r\ncookie: a=1;b=2\r\n"));
     }
 
     #[test]

@@ -71,7 +71,8 @@ pub async fn handle(
         })
     });
     let mut trace = Trace::default();
-    let mut res = match proxy(&app, &snap, conn, req, &mut trace).await {
+    // Boxed: the proxying future is large, and hyper moves the service future around.
+    let mut res = match Box::pin(proxy(&app, &snap, conn, req, &mut trace)).await {
         Ok(res) => res,
         Err(e) => {
             tracing::debug!(error = %e, client = %conn.peer, "answered by the proxy");
@@ -180,7 +181,7 @@ async fn proxy(
     // learn with a shared store: a session this instance does not know may be known there.
     if let (Some(v), Some(table)) = (session, &pool.learned) {
         if table.has_store() && table.lookup(v).is_none() {
-            table.lookup_shared(v).await;
+            Box::pin(table.lookup_shared(v)).await;
         }
     }
     let keys = RequestKeys {
@@ -196,19 +197,25 @@ async fn proxy(
     };
     let (mut decision, _) = affinity::decide(pool, &keys).ok_or(ProxyError::NoBackend)?;
     trace.affinity = Some(decision.outcome);
-    if let (Some(name), true) = (cookie_name, cookie_value.is_some()) {
-        strip_own_cookie(&mut req, name);
-    }
+    // Our cookie is not the backend's business.
+    let own_cookie = cookie_name.filter(|_| cookie_value.is_some());
 
     let upgrade = is_upgrade(&req);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    prepare_request(&mut req, conn, host, upgrade)?;
 
     // A bodiless idempotent request can be replayed on another backend if its backend
     // fails before answering (a backend killed mid-request); its encoded head is kept.
     let replayable = replayable(&req);
     let (parts, body) = req.into_parts();
-    let first = outgoing(&parts, ReqBody::Client(body));
+    let mut peer = [0u8; 48];
+    let forwarding = headers::Forwarding {
+        peer: client_ip::ip_text(conn.peer.ip().to_canonical(), &mut peer),
+        tls: conn.tls,
+        host: host.as_ref(),
+        upgrade,
+        own_cookie,
+    };
+    let first = outgoing(&parts, ReqBody::Client(body), &forwarding);
     drop(parts);
     let replay = replayable.then(|| first.head.clone());
     let head_request = first.head_request;
@@ -264,7 +271,9 @@ async fn proxy(
                 Err(f) if f.unsent.is_some() && stale_retries < 2 => {
                     stale_retries += 1;
                     req = f.unsent;
-                    conn = upstream::connect(&target).await.map(|c| (c, false));
+                    conn = Box::pin(upstream::connect(&target))
+                        .await
+                        .map(|c| (c, false));
                 }
                 // A reused connection failed before any response (the backend closed it as
                 // we sent: a keep-alive race). A replayable request goes once more to the
@@ -279,7 +288,9 @@ async fn proxy(
                 {
                     stale_retries += 1;
                     tracing::debug!(pool = %pool.name, backend = %b.id, error = %f.error, "reused connection failed; retrying on a fresh one");
-                    conn = upstream::connect(&target).await.map(|c| (c, false));
+                    conn = Box::pin(upstream::connect(&target))
+                        .await
+                        .map(|c| (c, false));
                 }
                 Err(f) => {
                     b.shared.stats.count_error(f.error.kind());
@@ -346,38 +357,19 @@ async fn proxy(
     Ok(Response::from_parts(parts, ProxyBody::upstream(body)))
 }
 
-/// Encodes the request for the backend. A body of unknown length is re-chunked; a bodiless
-/// POST, PUT or PATCH without a length says `Content-Length: 0`.
-fn outgoing(parts: &http::request::Parts, body: ReqBody) -> Outgoing {
-    let has_length = parts.headers.contains_key(header::CONTENT_LENGTH);
+/// Encodes the request for the backend (HTTP/1.1, origin-form). A body of unknown length
+/// is re-chunked.
+fn outgoing(parts: &http::request::Parts, body: ReqBody, f: &headers::Forwarding<'_>) -> Outgoing {
     let framing = if body.is_end_stream() {
         ReqFraming::None
-    } else if has_length {
+    } else if parts.headers.contains_key(header::CONTENT_LENGTH) {
         ReqFraming::Length
     } else {
         ReqFraming::Chunked
     };
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut head = BytesMut::new();
-    let needs_zero = framing == ReqFraming::None
-        && !has_length
-        && matches!(
-            parts.method,
-            http::Method::POST | http::Method::PUT | http::Method::PATCH
-        );
-    if needs_zero {
-        let mut h = parts.headers.clone();
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
-        upstream::h1::encode_request_head(&parts.method, target, &h, framing, &mut head);
-    } else {
-        upstream::h1::encode_request_head(
-            &parts.method,
-            target,
-            &parts.headers,
-            framing,
-            &mut head,
-        );
-    }
+    headers::write_request_head(&parts.method, target, &parts.headers, f, framing, &mut head);
     Outgoing {
         head: head.freeze(),
         framing,
@@ -470,71 +462,6 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
                 v.split(',')
                     .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
             })
-}
-
-fn strip_own_cookie(req: &mut Request<Incoming>, name: &str) {
-    let rest = cookie::strip_cookie(
-        req.headers()
-            .get_all(header::COOKIE)
-            .iter()
-            .map(HeaderValue::as_bytes),
-        Some(name),
-    );
-    req.headers_mut().remove(header::COOKIE);
-    if let Some(v) = rest.and_then(|v| HeaderValue::from_bytes(&v).ok()) {
-        req.headers_mut().insert(header::COOKIE, v);
-    }
-}
-
-/// Turns the client's request into the one sent to the backend (HTTP/1.1, origin-form).
-fn prepare_request(
-    req: &mut Request<Incoming>,
-    conn: ConnInfo,
-    host_value: Option<HeaderValue>,
-    upgrade: bool,
-) -> Result<(), ProxyError> {
-    // HTTP/2 may send several cookie headers; HTTP/1.1 wants one.
-    if req
-        .headers()
-        .get_all(header::COOKIE)
-        .iter()
-        .nth(1)
-        .is_some()
-    {
-        let joined = cookie::strip_cookie(
-            req.headers()
-                .get_all(header::COOKIE)
-                .iter()
-                .map(HeaderValue::as_bytes),
-            None,
-        );
-        req.headers_mut().remove(header::COOKIE);
-        if let Some(v) = joined.and_then(|v| HeaderValue::from_bytes(&v).ok()) {
-            req.headers_mut().insert(header::COOKIE, v);
-        }
-    }
-    let h = req.headers_mut();
-    headers::remove_hop_by_hop(h, upgrade);
-    let mut peer = [0u8; 48];
-    headers::set_forwarded(
-        h,
-        client_ip::ip_text(conn.peer.ip().to_canonical(), &mut peer),
-        conn.tls,
-        host_value.as_ref(),
-    );
-    if let Some(v) = host_value {
-        h.insert(header::HOST, v);
-    }
-    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
-        let pq = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        *req.uri_mut() = pq.parse::<Uri>().map_err(|_| ProxyError::BadRequest)?;
-    }
-    *req.version_mut() = Version::HTTP_11;
-    Ok(())
 }
 
 /// Adds the affinity cookie when the decision created or changed a pin.
@@ -655,5 +582,19 @@ mod tests {
         assert_eq!(strip_port("shop.example.com:8080"), "shop.example.com");
         assert_eq!(strip_port("shop.example.com"), "shop.example.com");
         assert_eq!(strip_port("[::1]:80"), "::1");
+    }
+}
+#[cfg(test)]
+mod future_size {
+    fn size_of_future<A, B, C, F>(_: impl Fn(A, B, C) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// hyper moves the service future around; a large one costs a copy each time, so the
+    /// proxying future is boxed and rarely used large futures (connect, TLS) are too.
+    #[test]
+    fn the_per_request_future_stays_small() {
+        let size = size_of_future(super::handle);
+        assert!(size <= 1024, "handle() future is {size} bytes");
     }
 }

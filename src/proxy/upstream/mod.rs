@@ -281,7 +281,9 @@ pub async fn checkout(t: &Target<'_>) -> Result<(Conn, bool), UpstreamError> {
     if let Some(c) = t.shared.conns.take() {
         return Ok((c, true));
     }
-    connect(t).await.map(|c| (c, false))
+    // Boxed: the connect future (with a TLS handshake) is large and rarely needed; kept
+    // inline it would grow, and be copied with, every request's future.
+    Box::pin(connect(t)).await.map(|c| (c, false))
 }
 
 /// A fresh connection, skipping the pool (after a pooled one turned out stale).
@@ -361,7 +363,12 @@ pub async fn send(
             unsent: None,
         };
         let head_request = req.head_request;
-        if let Err(e) = send_body(&mut conn.io, req.body, req.framing).await {
+        // Boxed for the same reason as connect: most requests have no body.
+        let sent = match req.framing {
+            ReqFraming::None => Ok(()),
+            _ => Box::pin(send_body(&mut conn.io, req.body, req.framing)).await,
+        };
+        if let Err(e) = sent {
             if matches!(e, UpstreamError::ClientBody(_)) {
                 return Err(fail(e));
             }
