@@ -12,11 +12,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
-use http_body::Body as _;
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::access_log::Record;
@@ -49,7 +47,7 @@ struct Trace {
 pub async fn handle(
     app: Arc<App>,
     conn: ConnInfo,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
     // One snapshot for the whole request, whatever reloads happen meanwhile.
@@ -118,7 +116,7 @@ async fn proxy(
     app: &App,
     snap: &Snapshot,
     conn: ConnInfo,
-    mut req: Request<Incoming>,
+    mut req: Request<ReqBody>,
     trace: &mut Trace,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let host = request_host(&req);
@@ -201,7 +199,10 @@ async fn proxy(
     let own_cookie = cookie_name.filter(|_| cookie_value.is_some());
 
     let upgrade = is_upgrade(&req);
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let client_upgrade = upgrade.then(|| match req.extensions_mut().remove::<UpgradeSlot>() {
+        Some(slot) => ClientUpgrade::Loop(slot),
+        None => ClientUpgrade::Hyper(hyper::upgrade::on(&mut req)),
+    });
 
     // A bodiless idempotent request can be replayed on another backend if its backend
     // fails before answering (a backend killed mid-request); its encoded head is kept.
@@ -215,7 +216,7 @@ async fn proxy(
         upgrade,
         own_cookie,
     };
-    let first = outgoing(&parts, ReqBody::Client(body), &forwarding);
+    let first = outgoing(&parts, body, &forwarding);
     drop(parts);
     let replay = replayable.then(|| first.head.clone());
     let head_request = first.head_request;
@@ -332,17 +333,31 @@ async fn proxy(
             .headers
             .get(header::UPGRADE)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
-        let guard = TunnelGuard {
-            close: app.close_tunnels.subscribe(),
-            open: app.tunnels.clone(),
-        };
-        tokio::spawn(tunnel(
-            client_upgrade,
-            backend_conn,
+        let tunnel = Tunnel {
+            backend: backend_conn,
             in_flight,
-            guard,
+            guard: TunnelGuard {
+                close: app.close_tunnels.subscribe(),
+                open: app.tunnels.clone(),
+            },
             websocket,
-        ));
+        };
+        match client_upgrade {
+            ClientUpgrade::Hyper(on) => {
+                tokio::spawn(async move {
+                    match on.await {
+                        Ok(client) => run_tunnel(TokioIo::new(client), Bytes::new(), tunnel).await,
+                        Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+                    }
+                });
+            }
+            ClientUpgrade::Loop(slot) => {
+                let tx = slot.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(tx) = tx {
+                    let _ = tx.send(tunnel);
+                }
+            }
+        }
         let mut res = Response::new(ProxyBody::empty());
         *res.status_mut() = head.status;
         *res.headers_mut() = head.headers;
@@ -413,7 +428,7 @@ fn redirect_to_https(
 }
 
 /// GET, HEAD and OPTIONS without a body, not upgrading.
-fn replayable(req: &Request<Incoming>) -> bool {
+fn replayable(req: &Request<ReqBody>) -> bool {
     matches!(
         *req.method(),
         http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
@@ -433,7 +448,7 @@ fn target(pool: &Pool, i: usize, connect_timeout: std::time::Duration) -> Target
 }
 
 /// The host the client asked for: the URI authority (HTTP/2, absolute-form), else `Host`.
-fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
+fn request_host(req: &Request<ReqBody>) -> Option<HeaderValue> {
     match req.uri().authority() {
         Some(a) => HeaderValue::from_str(a.as_str()).ok(),
         None => req.headers().get(header::HOST).cloned(),
@@ -450,7 +465,7 @@ fn strip_port(host: &str) -> &str {
     }
 }
 
-fn is_upgrade(req: &Request<Incoming>) -> bool {
+fn is_upgrade(req: &Request<ReqBody>) -> bool {
     req.version() == Version::HTTP_11
         && req.headers().contains_key(header::UPGRADE)
         && req
@@ -513,33 +528,51 @@ pub struct TunnelGuard {
     pub open: Arc<std::sync::atomic::AtomicU64>,
 }
 
+/// How the client side of an upgrade is reached: hyper's upgrade future (HTTP/2 listeners
+/// use hyper), or the HTTP/1.1 connection loop that owns the socket.
+enum ClientUpgrade {
+    Hyper(hyper::upgrade::OnUpgrade),
+    Loop(UpgradeSlot),
+}
+
+/// An upgraded backend connection, handed to whoever owns the client's socket.
+pub struct Tunnel {
+    pub backend: upstream::Conn,
+    pub in_flight: InFlight,
+    pub guard: TunnelGuard,
+    pub websocket: bool,
+}
+
+/// Put in a request's extensions by the HTTP/1.1 connection loop: where a 101 response's
+/// backend connection goes.
+#[derive(Clone)]
+pub struct UpgradeSlot(pub Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Sender<Tunnel>>>>);
+
 /// Copies bytes both ways between an upgraded client and backend until either side closes,
 /// or until shutdown closes it: a WebSocket then gets a close frame (1001, going away) on
-/// both sides rather than a reset.
-async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    backend: upstream::Conn,
-    in_flight: InFlight,
-    guard: TunnelGuard,
-    websocket: bool,
-) {
-    let _in_flight = in_flight;
+/// both sides rather than a reset. `client_early` are bytes the client sent after its
+/// upgrade request, already read.
+pub async fn run_tunnel<C>(mut client: C, client_early: Bytes, t: Tunnel)
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     use tokio::io::AsyncWriteExt;
-    let client = match client.await {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::debug!(error = %e, "upgrade failed");
-            return;
-        }
-    };
+    let Tunnel {
+        backend,
+        in_flight,
+        guard,
+        websocket,
+    } = t;
+    let _in_flight = in_flight;
     guard.open.fetch_add(1, Ordering::Relaxed);
-    let mut client = TokioIo::new(client);
     let upstream::Conn {
         io: mut backend,
         buf: early,
     } = backend;
-    // Bytes the backend sent right after its 101 belong to the client.
-    if !early.is_empty() && client.write_all(&early).await.is_err() {
+    // Bytes the backend sent right after its 101 belong to the client, and the reverse.
+    if (!early.is_empty() && client.write_all(&early).await.is_err())
+        || (!client_early.is_empty() && backend.write_all(&client_early).await.is_err())
+    {
         guard.open.fetch_sub(1, Ordering::Relaxed);
         return;
     }

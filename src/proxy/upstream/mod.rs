@@ -33,9 +33,11 @@ pub const IDLE_REUSE: Duration = Duration::from_secs(15);
 /// Read size for backend connections.
 const READ_CHUNK: usize = 8192;
 
-/// The body sent to a backend: the client's, streamed, or none (a replayed request).
+/// The body sent to a backend: the client's, streamed (from hyper for HTTP/2, or from
+/// tether's HTTP/1.1 connection loop through a channel), or none.
 pub enum ReqBody {
     Client(Incoming),
+    Channel(tokio::sync::mpsc::Receiver<io::Result<Bytes>>),
     Empty,
 }
 
@@ -43,7 +45,31 @@ impl ReqBody {
     pub fn is_end_stream(&self) -> bool {
         match self {
             ReqBody::Client(b) => b.is_end_stream(),
+            // Only requests with a body get a channel.
+            ReqBody::Channel(_) => false,
             ReqBody::Empty => true,
+        }
+    }
+
+    /// The next piece of the body; `None` at its end.
+    async fn next_data(&mut self) -> Option<Result<Bytes, UpstreamError>> {
+        match self {
+            ReqBody::Client(incoming) => loop {
+                match incoming.frame().await? {
+                    Err(e) => return Some(Err(UpstreamError::ClientBody(Box::new(e)))),
+                    // Trailers are not forwarded.
+                    Ok(frame) => {
+                        if let Ok(data) = frame.into_data() {
+                            return Some(Ok(data));
+                        }
+                    }
+                }
+            },
+            ReqBody::Channel(rx) => rx
+                .recv()
+                .await
+                .map(|r| r.map_err(|e| UpstreamError::ClientBody(Box::new(e)))),
+            ReqBody::Empty => None,
         }
     }
 }
@@ -227,7 +253,7 @@ pub enum UpstreamError {
     #[error("backend broke the protocol: {0}")]
     Protocol(&'static str),
     #[error("reading the client's request body failed: {0}")]
-    ClientBody(#[source] hyper::Error),
+    ClientBody(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl UpstreamError {
@@ -407,18 +433,12 @@ async fn send_body(
     mut body: ReqBody,
     framing: ReqFraming,
 ) -> Result<(), UpstreamError> {
-    let ReqBody::Client(incoming) = &mut body else {
-        return Ok(());
-    };
     if framing == ReqFraming::None {
         return Ok(());
     }
     let mut out = BytesMut::new();
-    while let Some(frame) = incoming.frame().await {
-        let frame = frame.map_err(UpstreamError::ClientBody)?;
-        let Ok(data) = frame.into_data() else {
-            continue; // trailers are not forwarded
-        };
+    while let Some(data) = body.next_data().await {
+        let data = data?;
         if data.is_empty() {
             continue;
         }

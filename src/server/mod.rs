@@ -1,5 +1,8 @@
-//! Listeners: accept connections, serve HTTP/1.1 and h2c with the proxy service, and shut
-//! down gracefully (stop accepting, finish in-flight requests, give up at a deadline).
+//! Listeners: accept connections, serve HTTP/1.1 (tether's own loop) and HTTP/2 (hyper)
+//! with the proxy service, and shut down gracefully (stop accepting, finish in-flight
+//! requests, give up at a deadline).
+
+pub mod http1;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,12 +15,20 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::net::SocketAddr;
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::Request;
+use hyper::body::Incoming;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::app::App;
 use crate::config::{Listen, ProxySettings};
+use crate::proxy::upstream::ReqBody;
 use crate::proxy::{self, ConnInfo};
 use tokio_rustls::TlsAcceptor;
 
@@ -155,6 +166,9 @@ pub async fn serve(
     };
 
     let graceful = GracefulShutdown::new();
+    // HTTP/1.1 connections hold a receiver each: `send(true)` asks them to finish, and
+    // `closed()` completes when the last one has.
+    let (h1_stop, _) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -177,6 +191,7 @@ pub async fn serve(
                 };
                 drop(snap);
                 let watcher = graceful.watcher();
+                let stop = h1_stop.subscribe();
                 let app = app.clone();
                 let total = app.open_connections.clone();
                 tokio::spawn(async move {
@@ -185,20 +200,46 @@ pub async fn serve(
                     let _open = (Decrement(gauge), Decrement(total));
                     let _ = stream.set_nodelay(true);
                     let info = ConnInfo { peer, tls: tls.is_some() };
-                    let service = service_fn(move |req| proxy::handle(app.clone(), info, req));
-                    let builder = builder(&settings);
+                    let limits = http1::Limits {
+                        head_timeout: settings.header_timeout.min(settings.idle_timeout),
+                        max_head: settings.max_header_bytes.max(1024),
+                    };
+                    let service = {
+                        let app = app.clone();
+                        service_fn(move |req: Request<Incoming>| {
+                            proxy::handle(app.clone(), info, req.map(ReqBody::Client))
+                        })
+                    };
                     let result = match tls {
                         None => {
-                            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                            watcher.watch(conn.into_owned()).await
+                            let mut stream = stream;
+                            match http1::serve(app, info, &mut stream, limits, stop).await {
+                                http1::Ended::Closed => Ok(()),
+                                // h2c with prior knowledge: hyper serves it, fed the bytes read.
+                                http1::Ended::H2 { buf } => {
+                                    let io = Prefixed { prefix: buf.freeze(), inner: stream };
+                                    let builder = builder(&settings);
+                                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+                                    watcher.watch(conn.into_owned()).await
+                                }
+                            }
                         }
                         Some(acceptor) => {
-                            let Ok(Ok(tls_stream)) = tokio::time::timeout(settings.header_timeout, acceptor.accept(stream)).await else {
+                            let Ok(Ok(mut tls_stream)) = tokio::time::timeout(settings.header_timeout, acceptor.accept(stream)).await else {
                                 tracing::debug!(client = %peer, "TLS handshake failed or timed out");
                                 return;
                             };
-                            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
-                            watcher.watch(conn.into_owned()).await
+                            if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                                let builder = builder(&settings);
+                                let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
+                                watcher.watch(conn.into_owned()).await
+                            } else {
+                                match http1::serve(app, info, &mut tls_stream, limits, stop).await {
+                                    http1::Ended::Closed => Ok(()),
+                                    // The HTTP/2 preface without ALPN h2: not served over TLS.
+                                    http1::Ended::H2 { .. } => Ok(()),
+                                }
+                            }
                         }
                     };
                     if let Err(e) = result {
@@ -216,14 +257,16 @@ pub async fn serve(
     drop(rx);
     let deadline = app.snapshot().config.proxy.shutdown_timeout;
     tracing::info!(
-        connections = graceful.count(),
+        connections = graceful.count() + h1_stop.receiver_count(),
         "shutting down: finishing in-flight requests"
     );
     let started = tokio::time::Instant::now();
-    if tokio::time::timeout(deadline, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let _ = h1_stop.send(true);
+    let finished = async {
+        graceful.shutdown().await;
+        h1_stop.closed().await;
+    };
+    if tokio::time::timeout(deadline, finished).await.is_err() {
         tracing::warn!("shutdown timeout reached; closing remaining connections");
     }
     // Upgraded connections (WebSockets) live on after their HTTP connection: give them the
@@ -268,7 +311,48 @@ impl Drop for Decrement {
     }
 }
 
-/// Per-connection HTTP settings from `[proxy]`.
+/// A stream that first yields bytes already read from it (the HTTP/2 preface the HTTP/1.1
+/// loop saw before handing the connection to hyper).
+struct Prefixed<S> {
+    prefix: Bytes,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let head = self.prefix.split_to(n);
+            buf.put_slice(&head);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        b: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, b)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Per-connection HTTP settings from `[proxy]` (HTTP/2, and h1 upgrades served by hyper).
 fn builder(p: &ProxySettings) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
