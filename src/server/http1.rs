@@ -101,6 +101,9 @@ pub async fn serve<S: ClientIo>(
     }
 }
 
+// Returned once per request and taken apart at once: boxing `Parsed` would only add an
+// allocation.
+#[allow(clippy::large_enum_variant)]
 enum Head {
     Request(Parsed),
     H2,
@@ -329,7 +332,7 @@ async fn exchange<S: ClientIo>(
     });
     let res = if framing == Framing::None {
         let req = Request::from_parts(parts, ReqBody::Empty);
-        proxy::handle(app.clone(), info, req).await
+        proxy::handle_boxed(app.clone(), info, req).await
     } else {
         if expect_continue
             && io
@@ -341,7 +344,7 @@ async fn exchange<S: ClientIo>(
         }
         let (tx, rx) = mpsc::channel(2);
         let req = Request::from_parts(parts, ReqBody::Channel(rx));
-        let mut handling = pin!(proxy::handle(app.clone(), info, req));
+        let mut handling = proxy::handle_boxed(app.clone(), info, req);
         let mut pumping = pin!(pump_body(io, buf, framing, tx));
         let mut pumped = None;
         let res = loop {

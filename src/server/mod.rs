@@ -207,7 +207,7 @@ pub async fn serve(
                     let service = {
                         let app = app.clone();
                         service_fn(move |req: Request<Incoming>| {
-                            proxy::handle(app.clone(), info, req.map(ReqBody::Client))
+                            proxy::handle_boxed(app.clone(), info, req.map(ReqBody::Client))
                         })
                     };
                     let result = match tls {
