@@ -481,3 +481,96 @@ async fn idle_backend_connections_are_swept() {
     shared.conns.sweep();
     assert_eq!(shared.conns.idle_count(), 0);
 }
+
+/// Reads from `s` until it closes (or 3 s pass).
+async fn read_all(s: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let a = Backend::start("a").await;
+    let proxy = Proxy::start(&pool_config("", "", &[&a])).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(
+        b"GET /status?code=201 HTTP/1.1\r\nHost: t\r\n\r\nGET /status?code=202 HTTP/1.1\r\nHost: t\r\n\r\nGET /status?code=203 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let got = read_all(&mut s).await;
+    let statuses: Vec<&str> = got
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &got[i + 9..i + 12])
+        .collect();
+    assert_eq!(statuses, ["201", "202", "203"], "{got}");
+    assert_eq!(a.hits(), 3);
+}
+
+#[tokio::test]
+async fn expect_continue_gets_a_100_before_the_body_is_sent() {
+    let a = Backend::start("a").await;
+    let proxy = Proxy::start(&pool_config("", "", &[&a])).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
+        .await
+        .expect("an interim answer")
+        .unwrap();
+    assert_eq!(&buf[..n], b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(b"hello world").await.unwrap();
+    let got = read_all(&mut s).await;
+    assert!(
+        got.starts_with("HTTP/1.1 200 OK\r\n") && got.ends_with("\r\n\r\n11"),
+        "{got}"
+    );
+}
+
+#[tokio::test]
+async fn http_1_0_clients_get_a_closed_connection_or_keep_alive_when_asked() {
+    let a = Backend::start("a").await;
+    let proxy = Proxy::start(&pool_config("", "", &[&a])).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    let got = read_all(&mut s).await;
+    assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+    assert!(
+        got.contains("\r\nconnection: close\r\n") && got.ends_with("\r\n\r\na"),
+        "{got}"
+    );
+
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    let got = String::from_utf8_lossy(&buf[..n]);
+    assert!(got.contains("\r\nconnection: keep-alive\r\n"), "{got}");
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    assert!(
+        read_all(&mut s).await.starts_with("HTTP/1.1 200"),
+        "the connection stayed open"
+    );
+}
+
+#[tokio::test]
+async fn chunked_uploads_arrive_whole() {
+    let a = Backend::start("a").await;
+    let proxy = Proxy::start(&pool_config("", "", &[&a])).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    s.write_all(b"6;x=y\r\n world\r\n0\r\n\r\n").await.unwrap();
+    let got = read_all(&mut s).await;
+    assert!(
+        got.starts_with("HTTP/1.1 200") && got.ends_with("11"),
+        "{got}"
+    );
+}
