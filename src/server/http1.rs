@@ -84,7 +84,7 @@ pub async fn serve<S: ClientIo>(
             Ok(Head::H2) => return Ended::H2 { buf },
             Ok(Head::None) => return Ended::Closed,
             Err(status) => {
-                let _ = io.write_all(&error_response(status)).await;
+                let _ = send(io, &error_response(status)).await;
                 let _ = io.shutdown().await;
                 return Ended::Closed;
             }
@@ -370,7 +370,7 @@ async fn exchange<S: ClientIo>(
         let mut out = BytesMut::new();
         write_status_and_headers(&parts, &mut out);
         out.put_slice(b"\r\n");
-        if io.write_all(&out).await.is_err() {
+        if send(io, &out).await.is_err() {
             return Next::Close;
         }
         if let Ok(tunnel) = rx.await {
@@ -415,7 +415,7 @@ async fn exchange<S: ClientIo>(
 }
 
 async fn finish<S: ClientIo>(io: &mut S, out: &[u8], keep_alive: bool) -> Next {
-    match io.write_all(out).await {
+    match send(io, out).await {
         Ok(()) if keep_alive => Next::KeepAlive,
         _ => Next::Close,
     }
@@ -434,8 +434,9 @@ async fn write_body<S: ClientIo>(
         let frame = match poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
             Poll::Ready(f) => f,
             Poll::Pending => {
+                // Flushed, not just written: TLS may otherwise hold the bytes (SSE).
                 if !out.is_empty() {
-                    if io.write_all(&out).await.is_err() {
+                    if send(io, &out).await.is_err() {
                         return false;
                     }
                     out.clear();
@@ -476,17 +477,23 @@ async fn write_body<S: ClientIo>(
             Some(Err(e)) => {
                 tracing::debug!(error = %e, "response body failed; closing the client connection");
                 // What arrived goes out, so the client sees how far the body got.
-                let _ = io.write_all(&out).await;
+                let _ = send(io, &out).await;
                 return false;
             }
             None => {
                 if chunked {
                     out.put_slice(b"0\r\n\r\n");
                 }
-                return io.write_all(&out).await.is_ok() && io.flush().await.is_ok();
+                return send(io, &out).await.is_ok();
             }
         }
     }
+}
+
+/// Writes and flushes (TLS buffers inside the stream until flushed; TCP flush is free).
+async fn send<S: ClientIo>(io: &mut S, bytes: &[u8]) -> io::Result<()> {
+    io.write_all(bytes).await?;
+    io.flush().await
 }
 
 /// Reads the request body from the client and hands it on through `tx`. True when the
