@@ -574,3 +574,47 @@ async fn chunked_uploads_arrive_whole() {
         "{got}"
     );
 }
+
+#[tokio::test]
+async fn keep_alive_waits_idle_timeout_between_requests_not_header_timeout() {
+    let a = Backend::start("a").await;
+    // A long idle allowance with a short header allowance: a client may pause between
+    // requests for longer than header_timeout.
+    let proxy = Proxy::start(&pool_config(
+        "idle_timeout = \"5s\"\nheader_timeout = \"300ms\"",
+        "",
+        &[&a],
+    ))
+    .await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(s.read(&mut buf).await.unwrap() > 0);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_all(&mut s).await.starts_with("HTTP/1.1 200"));
+
+    // And an idle connection is closed at idle_timeout.
+    let proxy = Proxy::start(&pool_config(
+        "idle_timeout = \"300ms\"\nheader_timeout = \"5s\"",
+        "",
+        &[&a],
+    ))
+    .await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(s.read(&mut buf).await.unwrap() > 0);
+    let t = std::time::Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+        .await
+        .expect("closed by the proxy")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+}

@@ -54,8 +54,11 @@ impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {}
 /// Limits from `[proxy]`.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// How long a head may take, and a keep-alive connection may wait for its next one.
-    pub head_timeout: Duration,
+    /// How long a request head may take to arrive, from a new connection or from the first
+    /// byte of a keep-alive connection's next request.
+    pub header_timeout: Duration,
+    /// How long a keep-alive connection may wait for its next request to start.
+    pub idle_timeout: Duration,
     pub max_head: usize,
 }
 
@@ -133,8 +136,20 @@ async fn read_head<S: ClientIo>(
     shutdown: &mut watch::Receiver<bool>,
     first: bool,
 ) -> Result<Head, StatusCode> {
-    let deadline = Instant::now() + limits.head_timeout;
+    // A keep-alive connection waits up to idle_timeout for the next request to start, and
+    // then has header_timeout to finish its head.
+    let mut waiting = !first && buf.is_empty();
+    let mut deadline = Instant::now()
+        + if waiting {
+            limits.idle_timeout
+        } else {
+            limits.header_timeout
+        };
     loop {
+        if waiting && !buf.is_empty() {
+            waiting = false;
+            deadline = Instant::now() + limits.header_timeout;
+        }
         if first && H2_PREFACE.starts_with(&buf[..buf.len().min(H2_PREFACE.len())]) {
             if buf.len() >= H2_PREFACE.len() {
                 return Ok(Head::H2);

@@ -201,7 +201,8 @@ pub async fn serve(
                     let _ = stream.set_nodelay(true);
                     let info = ConnInfo { peer, tls: tls.is_some() };
                     let limits = http1::Limits {
-                        head_timeout: settings.header_timeout.min(settings.idle_timeout),
+                        header_timeout: settings.header_timeout,
+                        idle_timeout: settings.idle_timeout,
                         max_head: settings.max_header_bytes.max(1024),
                     };
                     let service = {
