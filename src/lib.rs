@@ -27,6 +27,7 @@ pub mod demo;
 pub mod explain;
 #[doc(hidden)]
 pub mod fuzz_targets;
+pub mod h1;
 pub mod health;
 pub mod metrics;
 pub mod proxy;

@@ -4,8 +4,8 @@
 use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use super::upstream::h1::{self, ReqFraming};
 use crate::affinity::cookie;
+use crate::h1::{self, ReqFraming};
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) that never cross the proxy.
 static HOP_BY_HOP: [HeaderName; 8] = [

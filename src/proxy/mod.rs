@@ -21,10 +21,10 @@ use crate::access_log::Record;
 use crate::affinity::{self, client_ip, cookie, Decision, RequestKeys};
 use crate::app::App;
 use crate::config::{AccessLog, Affinity};
+use crate::h1::ReqFraming;
 use crate::runtime::{Pool, Snapshot};
 use body::{Finish, ProxyBody};
 use error::ProxyError;
-use upstream::h1::ReqFraming;
 use upstream::{InFlight, Outgoing, ReqBody, Target, UpstreamBody, UpstreamError};
 
 /// What the proxy knows about the client connection a request came on.

@@ -9,7 +9,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap};
 use http::{Method, Request, StatusCode, Uri, Version};
 use http_body::Body as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -18,13 +18,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::app::App;
+use crate::h1::{self, ChunkedDecoder, Decoded, Spans, MAX_HEADERS};
 use crate::proxy::body::ProxyBody;
-use crate::proxy::upstream::h1::{ChunkedDecoder, Decoded};
 use crate::proxy::upstream::ReqBody;
 use crate::proxy::{self, ConnInfo, UpgradeSlot};
 
-/// Most headers a request may carry.
-const MAX_HEADERS: usize = 128;
 /// Read size for heads; bodies read in larger pieces.
 const HEAD_READ: usize = 4096;
 const BODY_READ: usize = 16384;
@@ -191,8 +189,7 @@ async fn read_head<S: ClientIo>(
 
 /// Parses a request head from the front of `buf`, removing it.
 fn parse_request(buf: &mut BytesMut, max_head: usize) -> Result<Option<Parsed>, StatusCode> {
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
-    let (len, count, method, path, minor) = {
+    let (len, spans, method, path, minor) = {
         let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut storage);
         let len = match req.parse(buf) {
@@ -209,38 +206,19 @@ fn parse_request(buf: &mut BytesMut, max_head: usize) -> Result<Option<Parsed>, 
         if len > max_head {
             return Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
         }
-        let base = buf.as_ptr() as usize;
-        let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
-        for (span, h) in spans.iter_mut().zip(req.headers.iter()) {
-            let n = offset(h.name.as_bytes());
-            let v = offset(h.value);
-            *span = (n, n + h.name.len() as u32, v, v + h.value.len() as u32);
-        }
         let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
             .map_err(|_| StatusCode::BAD_REQUEST)?;
         let path = req.path.map(|p| {
-            let p = p.as_bytes();
-            (offset(p) as usize, offset(p) as usize + p.len())
+            let start = h1::offset(buf, p.as_bytes()) as usize;
+            (start, start + p.len())
         });
-        (
-            len,
-            req.headers.len(),
-            method,
-            path,
-            req.version.unwrap_or(1),
-        )
+        let spans = Spans::new(buf, req.headers);
+        (len, spans, method, path, req.version.unwrap_or(1))
     };
     let head = buf.split_to(len).freeze();
     let (ps, pe) = path.ok_or(StatusCode::BAD_REQUEST)?;
     let uri = Uri::from_maybe_shared(head.slice(ps..pe)).map_err(|_| StatusCode::BAD_REQUEST)?;
-    let mut headers = HeaderMap::with_capacity(count);
-    for &(ns, ne, vs, ve) in &spans[..count] {
-        let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
-            .map_err(|_| StatusCode::BAD_REQUEST)?;
-        let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
-            .map_err(|_| StatusCode::BAD_REQUEST)?;
-        headers.append(name, value);
-    }
+    let headers = spans.headers(&head).ok_or(StatusCode::BAD_REQUEST)?;
     let version = if minor == 0 {
         Version::HTTP_10
     } else {
@@ -248,8 +226,8 @@ fn parse_request(buf: &mut BytesMut, max_head: usize) -> Result<Option<Parsed>, 
     };
     let body = request_framing(version, &headers)?;
     let keep_alive = match version {
-        Version::HTTP_11 => !has_token(&headers, header::CONNECTION, b"close"),
-        _ => has_token(&headers, header::CONNECTION, b"keep-alive"),
+        Version::HTTP_11 => !h1::has_token(&headers, header::CONNECTION, b"close"),
+        _ => h1::has_token(&headers, header::CONNECTION, b"keep-alive"),
     };
     let expect_continue = headers
         .get(header::EXPECT)
@@ -285,31 +263,10 @@ fn request_framing(version: Version, h: &HeaderMap) -> Result<Framing, StatusCod
             _ => Err(StatusCode::BAD_REQUEST),
         };
     }
-    let mut length: Option<u64> = None;
-    for v in h.get_all(header::CONTENT_LENGTH) {
-        for part in v.as_bytes().split(|&b| b == b',') {
-            let part = part.trim_ascii();
-            if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
-                return Err(StatusCode::BAD_REQUEST);
-            }
-            let n = part.iter().fold(0u64, |n, &b| n * 10 + u64::from(b - b'0'));
-            if length.is_some_and(|l| l != n) {
-                return Err(StatusCode::BAD_REQUEST);
-            }
-            length = Some(n);
-        }
-    }
+    let length = h1::content_length(h).map_err(|_| StatusCode::BAD_REQUEST)?;
     Ok(match length {
         None | Some(0) => Framing::None,
         Some(n) => Framing::Length(n),
-    })
-}
-
-fn has_token(h: &HeaderMap, name: HeaderName, token: &[u8]) -> bool {
-    h.get_all(name).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
     })
 }
 
@@ -404,7 +361,7 @@ async fn exchange<S: ClientIo>(
     if !no_body && !parts.headers.contains_key(header::CONTENT_LENGTH) {
         if let Some(n) = body.size_hint().exact() {
             out.put_slice(b"content-length: ");
-            out.put_slice(itoa(n, &mut [0u8; 20]));
+            out.put_slice(h1::decimal(n, &mut [0u8; 20]));
             out.put_slice(b"\r\n");
         } else if version == Version::HTTP_11 {
             out.put_slice(b"transfer-encoding: chunked\r\n");
@@ -468,8 +425,7 @@ async fn write_body<S: ClientIo>(
                     continue;
                 }
                 if chunked {
-                    out.put_slice(format_hex(data.len(), &mut [0u8; 16]));
-                    out.put_slice(b"\r\n");
+                    h1::chunk_header(data.len(), &mut out);
                 }
                 if data.len() > WRITE_BATCH {
                     if io.write_all(&out).await.is_err() || io.write_all(&data).await.is_err() {
@@ -612,30 +568,6 @@ fn error_response(status: StatusCode) -> Vec<u8> {
     .into_bytes()
 }
 
-fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[i..];
-        }
-    }
-}
-
-fn format_hex(mut n: usize, buf: &mut [u8; 16]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b"0123456789abcdef"[n & 15];
-        n >>= 4;
-        if n == 0 {
-            return &buf[i..];
-        }
-    }
-}
-
 /// The `Date` header value, formatted once per second per thread.
 mod date {
     use std::cell::RefCell;
@@ -712,16 +644,6 @@ mod tests {
             parse(&big).err(),
             Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
         );
-    }
-
-    #[test]
-    fn numbers_format_like_display() {
-        for n in [0u64, 7, 10, 65535, u64::MAX] {
-            assert_eq!(itoa(n, &mut [0u8; 20]), n.to_string().as_bytes());
-        }
-        for n in [0usize, 9, 10, 255, 65536] {
-            assert_eq!(format_hex(n, &mut [0u8; 16]), format!("{n:x}").as_bytes());
-        }
     }
 
     #[test]

@@ -2,8 +2,6 @@
 //! pooling in a lock-free queue, the exchange itself (request out, response head in) on
 //! the request's own task, and a response body that returns its connection when done.
 
-pub mod h1;
-
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -21,9 +19,9 @@ use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::h1::{self, Decoded, Framing, ReqFraming, ResponseHead, WireError};
 use crate::state::{BackendShared, PoolShared};
 use crate::tls::BackendTls;
-use h1::{Decoded, Framing, ReqFraming, ResponseHead, WireError};
 
 /// Idle connections kept per backend.
 const MAX_IDLE: usize = 256;

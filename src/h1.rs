@@ -1,12 +1,14 @@
-//! The HTTP/1.1 wire format spoken to backends: request heads out; response heads and
-//! bodies (Content-Length, chunked, until close) in. Pure functions over byte buffers.
+//! The HTTP/1.1 wire format, both ways: heads parsed with httparse into header maps that
+//! share the read buffer, body framing (Content-Length, chunked), and head writing. Pure
+//! functions over byte buffers; `proxy::upstream` speaks it to backends, `server::http1`
+//! to clients.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 
-/// Most headers a backend response may carry.
-const MAX_HEADERS: usize = 128;
+/// Most headers a head may carry.
+pub const MAX_HEADERS: usize = 128;
 /// Longest chunk-size line (with extensions) or trailer line accepted.
 const MAX_LINE: usize = 4096;
 
@@ -109,10 +111,7 @@ pub fn parse_response(
     head_request: bool,
     max_head: usize,
 ) -> Result<Option<ResponseHead>, WireError> {
-    // Offsets of each header's name and value in `buf`, so the parser's borrow can end
-    // before the head is split off.
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
-    let (len, count, code, minor, reason) = {
+    let (len, spans, code, minor, reason) = {
         let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut res = httparse::Response::new(&mut storage);
         let len = match res.parse(buf) {
@@ -127,20 +126,13 @@ pub fn parse_response(
         if len > max_head {
             return Err(WireError::TooLarge);
         }
-        let base = buf.as_ptr() as usize;
-        let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
-        for (span, h) in spans.iter_mut().zip(res.headers.iter()) {
-            let n = offset(h.name.as_bytes());
-            let v = offset(h.value);
-            *span = (n, n + h.name.len() as u32, v, v + h.value.len() as u32);
-        }
         let reason = res.reason.map(|r| {
             let r = r.as_bytes();
-            (offset(r), offset(r) + r.len() as u32)
+            (offset(buf, r), offset(buf, r) + r.len() as u32)
         });
         (
             len,
-            res.headers.len(),
+            Spans::new(buf, res.headers),
             res.code.unwrap_or(0),
             res.version.unwrap_or(1),
             reason,
@@ -148,14 +140,7 @@ pub fn parse_response(
     };
     let head = buf.split_to(len).freeze();
     let status = StatusCode::from_u16(code).map_err(|_| WireError::Head)?;
-    let mut headers = HeaderMap::with_capacity(count);
-    for &(ns, ne, vs, ve) in &spans[..count] {
-        let name =
-            HeaderName::from_bytes(&head[ns as usize..ne as usize]).map_err(|_| WireError::Head)?;
-        let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
-            .map_err(|_| WireError::Head)?;
-        headers.append(name, value);
-    }
+    let headers = spans.headers(&head).ok_or(WireError::Head)?;
     let reason = reason
         .map(|(s, e)| head.slice(s as usize..e as usize))
         .filter(|r| status.canonical_reason().map(str::as_bytes) != Some(&r[..]));
@@ -167,8 +152,8 @@ pub fn parse_response(
     let framing = framing(status, head_request, &headers)?;
     let keep_alive = framing != Framing::Close
         && match version {
-            Version::HTTP_11 => !has_token(&headers, header::CONNECTION, "close"),
-            _ => has_token(&headers, header::CONNECTION, "keep-alive"),
+            Version::HTTP_11 => !has_token(&headers, header::CONNECTION, b"close"),
+            _ => has_token(&headers, header::CONNECTION, b"keep-alive"),
         };
     Ok(Some(ResponseHead {
         status,
@@ -203,16 +188,7 @@ fn framing(status: StatusCode, head_request: bool, h: &HeaderMap) -> Result<Fram
             _ => Framing::Close,
         });
     }
-    let mut length: Option<u64> = None;
-    for v in h.get_all(header::CONTENT_LENGTH) {
-        for part in v.as_bytes().split(|&b| b == b',') {
-            let n = parse_decimal(part.trim_ascii()).ok_or(WireError::Length)?;
-            if length.is_some_and(|l| l != n) {
-                return Err(WireError::Length);
-            }
-            length = Some(n);
-        }
-    }
+    let length = content_length(h)?;
     Ok(match length {
         Some(0) => Framing::Empty,
         Some(n) => Framing::Length(n),
@@ -230,12 +206,81 @@ fn parse_decimal(s: &[u8]) -> Option<u64> {
 }
 
 /// Whether a comma-separated header (e.g. `Connection`) lists `token`.
-pub fn has_token(h: &HeaderMap, name: HeaderName, token: &str) -> bool {
+pub fn has_token(h: &HeaderMap, name: HeaderName, token: &[u8]) -> bool {
     h.get_all(name).iter().any(|v| {
         v.as_bytes()
             .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
     })
+}
+
+/// The message's length from its `Content-Length` headers: `Ok(None)` without any, an error
+/// for a malformed value or differing ones.
+pub fn content_length(h: &HeaderMap) -> Result<Option<u64>, WireError> {
+    let mut length: Option<u64> = None;
+    for v in h.get_all(header::CONTENT_LENGTH) {
+        for part in v.as_bytes().split(|&b| b == b',') {
+            let n = parse_decimal(part.trim_ascii()).ok_or(WireError::Length)?;
+            if length.is_some_and(|l| l != n) {
+                return Err(WireError::Length);
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length)
+}
+
+/// A decimal number, as text, without the formatting machinery.
+pub fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+/// Where each header's name and value sit in the buffer httparse read, so its borrow can
+/// end before the head is split off and frozen.
+pub struct Spans {
+    spans: [(u32, u32, u32, u32); MAX_HEADERS],
+    count: usize,
+}
+
+impl Spans {
+    /// Records `headers`, which point into `buf`.
+    pub fn new(buf: &[u8], headers: &[httparse::Header<'_>]) -> Spans {
+        let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+        for (span, h) in spans.iter_mut().zip(headers) {
+            let n = offset(buf, h.name.as_bytes());
+            let v = offset(buf, h.value);
+            *span = (n, n + h.name.len() as u32, v, v + h.value.len() as u32);
+        }
+        Spans {
+            spans,
+            count: headers.len().min(MAX_HEADERS),
+        }
+    }
+
+    /// The header map, its values sharing `head` (the split-off head) without copies.
+    pub fn headers(&self, head: &Bytes) -> Option<HeaderMap> {
+        let mut headers = HeaderMap::with_capacity(self.count);
+        for &(ns, ne, vs, ve) in &self.spans[..self.count] {
+            let name = HeaderName::from_bytes(head.get(ns as usize..ne as usize)?).ok()?;
+            let value = head.get(vs as usize..ve as usize)?;
+            let value = HeaderValue::from_maybe_shared(head.slice_ref(value)).ok()?;
+            headers.append(name, value);
+        }
+        Some(headers)
+    }
+}
+
+/// Where `part` (a slice of `buf`) starts in `buf`.
+pub fn offset(buf: &[u8], part: &[u8]) -> u32 {
+    (part.as_ptr() as usize).saturating_sub(buf.as_ptr() as usize) as u32
 }
 
 /// What the chunked decoder found in the buffer.
