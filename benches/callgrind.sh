@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# User-space instructions per proxied request, tether vs HAProxy, counted by valgrind's
+# callgrind: stable on a noisy machine where wall-clock CPU time is not. Same rig as
+# load.sh (three nginx backends, one proxy worker, wrk with 20 connections); each proxy
+# runs under callgrind, is warmed up, its counters are zeroed, wrk runs for SECS, and the
+# instructions counted are divided by the requests served. Kernel work is not counted.
+#   bash benches/callgrind.sh [seconds]      (default 5)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${1:-5}
+source benches/lib.sh
+require haproxy:haproxy nginx:nginx-light wrk:wrk valgrind:valgrind
+setup
+
+B1=18601; B2=18602; B3=18603; TP=18610; HP=18611
+mkdir -p "$work/b/logs"
+cat > "$work/backends.conf" <<NGX
+worker_processes 1; daemon off; pid $work/b.pid; error_log $work/b/logs/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off; keepalive_requests 100000;
+  server { listen 127.0.0.1:$B1; location / { return 200 "backend one\n"; } }
+  server { listen 127.0.0.1:$B2; location / { return 200 "backend two\n"; } }
+  server { listen 127.0.0.1:$B3; location / { return 200 "backend three\n"; } }
+}
+NGX
+nginx -p "$work/b" -c "$work/backends.conf" & pids+=($!)
+cat > "$work/tether.toml" <<TOML
+[listen]
+http = ["127.0.0.1:$TP"]
+[log]
+access = "off"
+[pools.app]
+affinity = "cookie"
+[[pools.app.backends]]
+id = "s1"
+address = "127.0.0.1:$B1"
+[[pools.app.backends]]
+id = "s2"
+address = "127.0.0.1:$B2"
+[[pools.app.backends]]
+id = "s3"
+address = "127.0.0.1:$B3"
+TOML
+cat > "$work/haproxy.cfg" <<HAP
+global
+  nbthread 1
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 60s
+  timeout server 60s
+  http-reuse safe
+frontend fe
+  bind 127.0.0.1:$HP
+  default_backend be
+backend be
+  balance roundrobin
+  cookie SRV insert indirect nocache
+  server s1 127.0.0.1:$B1 cookie s1
+  server s2 127.0.0.1:$B2 cookie s2
+  server s3 127.0.0.1:$B3 cookie s3
+HAP
+
+# measure NAME PORT COOKIE-HEADER CMD... -> "NAME instructions/request"
+measure() {
+  local name=$1 port=$2 cookie=$3; shift 3
+  valgrind --tool=callgrind --callgrind-out-file="$work/cg.$name.%p" "$@" >/dev/null 2>&1 &
+  local vg=$!
+  for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.2; done
+  [ "$cookie" = tether ] && cookie="Cookie: $(curl -s -D - -o /dev/null "http://127.0.0.1:$port/" | awk -F'[ ;]' 'tolower($1)=="set-cookie:" && $2 ~ /^TETHER=/ {print $2}')"
+  local args=(-t1 -c20)
+  [ -n "$cookie" ] && args+=(-H "$cookie")
+  wrk "${args[@]}" -d2s "http://127.0.0.1:$port/" >/dev/null
+  callgrind_control -z "$vg" >/dev/null 2>&1
+  local out reqs ir file
+  out=$(wrk "${args[@]}" -d"${SECS}s" "http://127.0.0.1:$port/")
+  callgrind_control -d "$vg" >/dev/null 2>&1
+  sleep 0.5
+  reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+  file=$(ls -t "$work"/cg."$name".* | head -1)
+  ir=$(callgrind_annotate "$file" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}')
+  kill "$vg" 2>/dev/null || true
+  wait "$vg" 2>/dev/null || true
+  echo "$name $((ir / reqs))"
+}
+
+{
+  measure tether-cookie $TP tether target/release/tether run -c "$work/tether.toml" --threads 1
+  measure tether-new $TP "" target/release/tether run -c "$work/tether.toml" --threads 1
+  measure haproxy-cookie $HP "Cookie: SRV=s2" haproxy -f "$work/haproxy.cfg"
+  measure haproxy-new $HP "" haproxy -f "$work/haproxy.cfg"
+} | tee "$work/results"
+python3 - "$work/results" <<'PY'
+import sys
+r = dict(l.split() for l in open(sys.argv[1]) if l.strip())
+print("\n| workload | tether instr/request | HAProxy instr/request | tether / HAProxy |")
+print("|---|---|---|---|")
+for w in ("cookie", "new"):
+    t, h = int(r[f"tether-{w}"]), int(r[f"haproxy-{w}"])
+    print(f"| {w} | {t:,} | {h:,} | {t / h:.2f} |")
+PY
