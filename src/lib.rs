@@ -6,7 +6,9 @@
 //! - [`affinity`] decides where a request goes: its pin (cookie) or its key (IP, header);
 //! - [`runtime`] builds the immutable [`runtime::Snapshot`] that each request loads once, and
 //!   [`state`] keeps what must outlive a snapshot (counters, connections, drain start);
-//! - [`proxy`] is the hyper service; [`server`] accepts connections and shuts down gracefully;
+//! - [`proxy`] handles one request (routing, affinity, the backend exchange over [`h1`]);
+//!   [`server`] accepts connections, serves HTTP/1.1 itself and HTTP/2 through hyper, and
+//!   shuts down gracefully;
 //! - [`reload`] re-reads the file (watched, SIGHUP, admin API) and swaps a new snapshot in;
 //! - [`app`] holds the current snapshot and the process-wide services: [`health`] checks,
 //!   the [`access_log`], and the counters that [`metrics`] and the [`admin`] API expose;
