@@ -3,6 +3,8 @@
 //! functions over byte buffers; `proxy::upstream` speaks it to backends, `server::http1`
 //! to clients.
 
+use std::mem::MaybeUninit;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
@@ -111,10 +113,16 @@ pub fn parse_response(
     head_request: bool,
     max_head: usize,
 ) -> Result<Option<ResponseHead>, WireError> {
-    let (len, spans, code, minor, reason) = {
-        let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut res = httparse::Response::new(&mut storage);
-        let len = match res.parse(buf) {
+    let mut spans = [NO_SPAN; MAX_HEADERS];
+    let (len, count, code, minor, reason) = {
+        let mut storage = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut res = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut res,
+            buf,
+            &mut storage,
+        );
+        let len = match parsed {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) if buf.len() > max_head => {
                 return Err(WireError::TooLarge)
@@ -132,7 +140,7 @@ pub fn parse_response(
         });
         (
             len,
-            Spans::new(buf, res.headers),
+            record_spans(buf, res.headers, &mut spans),
             res.code.unwrap_or(0),
             res.version.unwrap_or(1),
             reason,
@@ -140,7 +148,7 @@ pub fn parse_response(
     };
     let head = buf.split_to(len).freeze();
     let status = StatusCode::from_u16(code).map_err(|_| WireError::Head)?;
-    let headers = spans.headers(&head).ok_or(WireError::Head)?;
+    let headers = header_map(&head, &spans[..count]).ok_or(WireError::Head)?;
     let reason = reason
         .map(|(s, e)| head.slice(s as usize..e as usize))
         .filter(|r| status.canonical_reason().map(str::as_bytes) != Some(&r[..]));
@@ -243,39 +251,31 @@ pub fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     }
 }
 
-/// Where each header's name and value sit in the buffer httparse read, so its borrow can
-/// end before the head is split off and frozen.
-pub struct Spans {
-    spans: [(u32, u32, u32, u32); MAX_HEADERS],
-    count: usize,
+/// Where one header's name and value sit in the buffer httparse read (start, end, start,
+/// end), kept so the parser's borrow can end before the head is split off and frozen.
+pub type Span = (u32, u32, u32, u32);
+pub const NO_SPAN: Span = (0, 0, 0, 0);
+
+/// Records where `headers` (which point into `buf`) are; returns how many.
+pub fn record_spans(buf: &[u8], headers: &[httparse::Header<'_>], out: &mut [Span]) -> usize {
+    for (span, h) in out.iter_mut().zip(headers) {
+        let n = offset(buf, h.name.as_bytes());
+        let v = offset(buf, h.value);
+        *span = (n, n + h.name.len() as u32, v, v + h.value.len() as u32);
+    }
+    headers.len().min(out.len())
 }
 
-impl Spans {
-    /// Records `headers`, which point into `buf`.
-    pub fn new(buf: &[u8], headers: &[httparse::Header<'_>]) -> Spans {
-        let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
-        for (span, h) in spans.iter_mut().zip(headers) {
-            let n = offset(buf, h.name.as_bytes());
-            let v = offset(buf, h.value);
-            *span = (n, n + h.name.len() as u32, v, v + h.value.len() as u32);
-        }
-        Spans {
-            spans,
-            count: headers.len().min(MAX_HEADERS),
-        }
+/// The header map, its values sharing `head` (the split-off head) without copies.
+pub fn header_map(head: &Bytes, spans: &[Span]) -> Option<HeaderMap> {
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    for &(ns, ne, vs, ve) in spans {
+        let name = HeaderName::from_bytes(head.get(ns as usize..ne as usize)?).ok()?;
+        let value = head.get(vs as usize..ve as usize)?;
+        let value = HeaderValue::from_maybe_shared(head.slice_ref(value)).ok()?;
+        headers.append(name, value);
     }
-
-    /// The header map, its values sharing `head` (the split-off head) without copies.
-    pub fn headers(&self, head: &Bytes) -> Option<HeaderMap> {
-        let mut headers = HeaderMap::with_capacity(self.count);
-        for &(ns, ne, vs, ve) in &self.spans[..self.count] {
-            let name = HeaderName::from_bytes(head.get(ns as usize..ne as usize)?).ok()?;
-            let value = head.get(vs as usize..ve as usize)?;
-            let value = HeaderValue::from_maybe_shared(head.slice_ref(value)).ok()?;
-            headers.append(name, value);
-        }
-        Some(headers)
-    }
+    Some(headers)
 }
 
 /// Where `part` (a slice of `buf`) starts in `buf`.

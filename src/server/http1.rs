@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::app::App;
-use crate::h1::{self, ChunkedDecoder, Decoded, Spans, MAX_HEADERS};
+use crate::h1::{self, ChunkedDecoder, Decoded, MAX_HEADERS, NO_SPAN};
 use crate::proxy::body::ProxyBody;
 use crate::proxy::upstream::ReqBody;
 use crate::proxy::{self, ConnInfo, UpgradeSlot};
@@ -189,10 +189,11 @@ async fn read_head<S: ClientIo>(
 
 /// Parses a request head from the front of `buf`, removing it.
 fn parse_request(buf: &mut BytesMut, max_head: usize) -> Result<Option<Parsed>, StatusCode> {
-    let (len, spans, method, path, minor) = {
-        let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut storage);
-        let len = match req.parse(buf) {
+    let mut spans = [NO_SPAN; MAX_HEADERS];
+    let (len, count, method, path, minor) = {
+        let mut storage = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut []);
+        let len = match req.parse_with_uninit_headers(buf, &mut storage) {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) if buf.len() > max_head => {
                 return Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
@@ -212,13 +213,13 @@ fn parse_request(buf: &mut BytesMut, max_head: usize) -> Result<Option<Parsed>, 
             let start = h1::offset(buf, p.as_bytes()) as usize;
             (start, start + p.len())
         });
-        let spans = Spans::new(buf, req.headers);
-        (len, spans, method, path, req.version.unwrap_or(1))
+        let count = h1::record_spans(buf, req.headers, &mut spans);
+        (len, count, method, path, req.version.unwrap_or(1))
     };
     let head = buf.split_to(len).freeze();
     let (ps, pe) = path.ok_or(StatusCode::BAD_REQUEST)?;
     let uri = Uri::from_maybe_shared(head.slice(ps..pe)).map_err(|_| StatusCode::BAD_REQUEST)?;
-    let headers = spans.headers(&head).ok_or(StatusCode::BAD_REQUEST)?;
+    let headers = h1::header_map(&head, &spans[..count]).ok_or(StatusCode::BAD_REQUEST)?;
     let version = if minor == 0 {
         Version::HTTP_10
     } else {
