@@ -148,7 +148,7 @@ pub fn parse_response(
     };
     let head = buf.split_to(len).freeze();
     let status = StatusCode::from_u16(code).map_err(|_| WireError::Head)?;
-    let headers = header_map(&head, &spans[..count]).ok_or(WireError::Head)?;
+    let (headers, seen) = header_map(&head, &spans[..count]).ok_or(WireError::Head)?;
     let reason = reason
         .map(|(s, e)| head.slice(s as usize..e as usize))
         .filter(|r| status.canonical_reason().map(str::as_bytes) != Some(&r[..]));
@@ -157,11 +157,13 @@ pub fn parse_response(
     } else {
         Version::HTTP_11
     };
-    let framing = framing(status, head_request, &headers)?;
+    let framing = framing(status, head_request, &headers, seen)?;
     let keep_alive = framing != Framing::Close
         && match version {
-            Version::HTTP_11 => !has_token(&headers, header::CONNECTION, b"close"),
-            _ => has_token(&headers, header::CONNECTION, b"keep-alive"),
+            Version::HTTP_11 => {
+                !(seen.connection && has_token(&headers, header::CONNECTION, b"close"))
+            }
+            _ => seen.connection && has_token(&headers, header::CONNECTION, b"keep-alive"),
         };
     Ok(Some(ResponseHead {
         status,
@@ -174,7 +176,12 @@ pub fn parse_response(
 }
 
 /// RFC 9112 §6.3: how the body of this response is delimited.
-fn framing(status: StatusCode, head_request: bool, h: &HeaderMap) -> Result<Framing, WireError> {
+fn framing(
+    status: StatusCode,
+    head_request: bool,
+    h: &HeaderMap,
+    seen: Seen,
+) -> Result<Framing, WireError> {
     if head_request
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -182,7 +189,7 @@ fn framing(status: StatusCode, head_request: bool, h: &HeaderMap) -> Result<Fram
     {
         return Ok(Framing::Empty);
     }
-    if h.contains_key(header::TRANSFER_ENCODING) {
+    if seen.transfer_encoding {
         // Chunked only if it is the last coding; otherwise the body runs to the close.
         let last = h
             .get_all(header::TRANSFER_ENCODING)
@@ -196,7 +203,11 @@ fn framing(status: StatusCode, head_request: bool, h: &HeaderMap) -> Result<Fram
             _ => Framing::Close,
         });
     }
-    let length = content_length(h)?;
+    let length = if seen.content_length {
+        content_length(h)?
+    } else {
+        None
+    };
     Ok(match length {
         Some(0) => Framing::Empty,
         Some(n) => Framing::Length(n),
@@ -266,16 +277,39 @@ pub fn record_spans(buf: &[u8], headers: &[httparse::Header<'_>], out: &mut [Spa
     headers.len().min(out.len())
 }
 
+/// Which framing-related headers a head carries, noted while its map is built so the
+/// usual absent case costs no lookups.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Seen {
+    pub connection: bool,
+    pub content_length: bool,
+    pub transfer_encoding: bool,
+    pub upgrade: bool,
+    pub expect: bool,
+}
+
 /// The header map, its values sharing `head` (the split-off head) without copies.
-pub fn header_map(head: &Bytes, spans: &[Span]) -> Option<HeaderMap> {
+pub fn header_map(head: &Bytes, spans: &[Span]) -> Option<(HeaderMap, Seen)> {
     let mut headers = HeaderMap::with_capacity(spans.len());
+    let mut seen = Seen::default();
     for &(ns, ne, vs, ve) in spans {
         let name = HeaderName::from_bytes(head.get(ns as usize..ne as usize)?).ok()?;
         let value = head.get(vs as usize..ve as usize)?;
         let value = HeaderValue::from_maybe_shared(head.slice_ref(value)).ok()?;
+        if name == header::CONNECTION {
+            seen.connection = true;
+        } else if name == header::CONTENT_LENGTH {
+            seen.content_length = true;
+        } else if name == header::TRANSFER_ENCODING {
+            seen.transfer_encoding = true;
+        } else if name == header::UPGRADE {
+            seen.upgrade = true;
+        } else if name == header::EXPECT {
+            seen.expect = true;
+        }
         headers.append(name, value);
     }
-    Some(headers)
+    Some((headers, seen))
 }
 
 /// Where `part` (a slice of `buf`) starts in `buf`.

@@ -117,6 +117,8 @@ struct Parsed {
     body: Framing,
     keep_alive: bool,
     expect_continue: bool,
+    /// The request carries `Upgrade` (WebSocket and the like).
+    upgrade: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -219,20 +221,23 @@ fn parse_request(buf: &mut BytesMut, max_head: usize) -> Result<Option<Parsed>, 
     let head = buf.split_to(len).freeze();
     let (ps, pe) = path.ok_or(StatusCode::BAD_REQUEST)?;
     let uri = Uri::from_maybe_shared(head.slice(ps..pe)).map_err(|_| StatusCode::BAD_REQUEST)?;
-    let headers = h1::header_map(&head, &spans[..count]).ok_or(StatusCode::BAD_REQUEST)?;
+    let (headers, seen) = h1::header_map(&head, &spans[..count]).ok_or(StatusCode::BAD_REQUEST)?;
     let version = if minor == 0 {
         Version::HTTP_10
     } else {
         Version::HTTP_11
     };
-    let body = request_framing(version, &headers)?;
+    let body = request_framing(version, &headers, seen)?;
     let keep_alive = match version {
-        Version::HTTP_11 => !h1::has_token(&headers, header::CONNECTION, b"close"),
-        _ => h1::has_token(&headers, header::CONNECTION, b"keep-alive"),
+        Version::HTTP_11 => {
+            !(seen.connection && h1::has_token(&headers, header::CONNECTION, b"close"))
+        }
+        _ => seen.connection && h1::has_token(&headers, header::CONNECTION, b"keep-alive"),
     };
-    let expect_continue = headers
-        .get(header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let expect_continue = seen.expect
+        && headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     let mut req = Request::new(());
     *req.method_mut() = method;
     *req.uri_mut() = uri;
@@ -243,14 +248,15 @@ fn parse_request(buf: &mut BytesMut, max_head: usize) -> Result<Option<Parsed>, 
         body,
         keep_alive,
         expect_continue,
+        upgrade: seen.upgrade,
     }))
 }
 
 /// RFC 9112 §6.3 for requests, strictly: Transfer-Encoding with Content-Length, an unknown
 /// coding, or differing lengths are refused (request smuggling).
-fn request_framing(version: Version, h: &HeaderMap) -> Result<Framing, StatusCode> {
-    if h.contains_key(header::TRANSFER_ENCODING) {
-        if version == Version::HTTP_10 || h.contains_key(header::CONTENT_LENGTH) {
+fn request_framing(version: Version, h: &HeaderMap, seen: h1::Seen) -> Result<Framing, StatusCode> {
+    if seen.transfer_encoding {
+        if version == Version::HTTP_10 || seen.content_length {
             return Err(StatusCode::BAD_REQUEST);
         }
         let mut codings = h
@@ -263,6 +269,9 @@ fn request_framing(version: Version, h: &HeaderMap) -> Result<Framing, StatusCod
             (Some(t), None) if t.eq_ignore_ascii_case(b"chunked") => Ok(Framing::Chunked),
             _ => Err(StatusCode::BAD_REQUEST),
         };
+    }
+    if !seen.content_length {
+        return Ok(Framing::None);
     }
     let length = h1::content_length(h).map_err(|_| StatusCode::BAD_REQUEST)?;
     Ok(match length {
@@ -291,11 +300,11 @@ async fn exchange<S: ClientIo>(
         body: framing,
         mut keep_alive,
         expect_continue,
+        upgrade: wants_upgrade,
     } = parsed;
     let head_request = req.method() == Method::HEAD;
     let version = req.version();
     let (mut parts, ()) = req.into_parts();
-    let wants_upgrade = parts.headers.contains_key(header::UPGRADE);
     let upgrade_rx = wants_upgrade.then(|| {
         let (tx, rx) = oneshot::channel();
         parts
@@ -357,9 +366,9 @@ async fn exchange<S: ClientIo>(
         || parts.status == StatusCode::NO_CONTENT
         || parts.status == StatusCode::NOT_MODIFIED;
     let mut out = BytesMut::with_capacity(512);
-    write_status_and_headers(&parts, &mut out);
+    let has_length = write_status_and_headers(&parts, &mut out);
     let mut chunked = false;
-    if !no_body && !parts.headers.contains_key(header::CONTENT_LENGTH) {
+    if !no_body && !has_length {
         if let Some(n) = body.size_hint().exact() {
             out.put_slice(b"content-length: ");
             out.put_slice(h1::decimal(n, &mut [0u8; 20]));
@@ -527,8 +536,9 @@ async fn pump_body<S: ClientIo>(
     }
 }
 
-/// `HTTP/1.1 <status> <reason>` and the response's headers, plus `Date` if missing.
-fn write_status_and_headers(parts: &http::response::Parts, out: &mut BytesMut) {
+/// `HTTP/1.1 <status> <reason>` and the response's headers, plus `Date` if missing. True if
+/// the headers include `Content-Length`.
+fn write_status_and_headers(parts: &http::response::Parts, out: &mut BytesMut) -> bool {
     out.put_slice(b"HTTP/1.1 ");
     out.put_slice(parts.status.as_str().as_bytes());
     out.put_u8(b' ');
@@ -543,17 +553,21 @@ fn write_status_and_headers(parts: &http::response::Parts, out: &mut BytesMut) {
         ),
     }
     out.put_slice(b"\r\n");
+    let (mut has_date, mut has_length) = (false, false);
     for (name, value) in &parts.headers {
+        has_date |= name == header::DATE;
+        has_length |= name == header::CONTENT_LENGTH;
         out.put_slice(name.as_str().as_bytes());
         out.put_slice(b": ");
         out.put_slice(value.as_bytes());
         out.put_slice(b"\r\n");
     }
-    if !parts.headers.contains_key(header::DATE) {
+    if !has_date {
         out.put_slice(b"date: ");
         date::with(|d| out.put_slice(d));
         out.put_slice(b"\r\n");
     }
+    has_length
 }
 
 /// A response tether writes itself, closing the connection (bad or oversized heads).
