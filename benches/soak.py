@@ -52,7 +52,7 @@ def write_config(generation):
 
 
 def in_window(name, t):
-    return any(a <= t <= b for a, b in down_windows[name])
+    return any(a <= t <= b for a, b in down_windows.get(name, []))
 
 
 def session(i):
