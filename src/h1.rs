@@ -150,7 +150,8 @@ pub fn parse_response(
     let status = StatusCode::from_u16(code).map_err(|_| WireError::Head)?;
     let (headers, seen) = header_map(&head, &spans[..count]).ok_or(WireError::Head)?;
     let reason = reason
-        .map(|(s, e)| head.slice(s as usize..e as usize))
+        .and_then(|(s, e)| head.get(s as usize..e as usize))
+        .map(|r| head.slice_ref(r))
         .filter(|r| status.canonical_reason().map(str::as_bytes) != Some(&r[..]));
     let version = if minor == 0 {
         Version::HTTP_10

@@ -220,7 +220,10 @@ fn parse_request(buf: &mut BytesMut, max_head: usize) -> Result<Option<Parsed>, 
     };
     let head = buf.split_to(len).freeze();
     let (ps, pe) = path.ok_or(StatusCode::BAD_REQUEST)?;
-    let uri = Uri::from_maybe_shared(head.slice(ps..pe)).map_err(|_| StatusCode::BAD_REQUEST)?;
+    // `get` then `slice_ref`: bounds are checked, never a panic on odd input.
+    let target = head.get(ps..pe).ok_or(StatusCode::BAD_REQUEST)?;
+    let uri =
+        Uri::from_maybe_shared(head.slice_ref(target)).map_err(|_| StatusCode::BAD_REQUEST)?;
     let (headers, seen) = h1::header_map(&head, &spans[..count]).ok_or(StatusCode::BAD_REQUEST)?;
     let version = if minor == 0 {
         Version::HTTP_10
@@ -659,6 +662,31 @@ mod tests {
             parse(&big).err(),
             Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
         );
+    }
+
+    proptest::proptest! {
+        /// Network input: any bytes give a parse, "need more", or a status — never a panic.
+        #[test]
+        fn request_parsing_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+            let _ = parse(&bytes);
+        }
+
+        /// Mutations of a valid head with a chunked body: still no panic, in the head
+        /// parser or the body decoder.
+        #[test]
+        fn mutated_requests_never_panic(at in 0usize..120, byte in proptest::prelude::any::<u8>(), cut in 0usize..120) {
+            let mut raw = b"POST /a?b=1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nCookie: a=1\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_vec();
+            let at = at % raw.len();
+            raw[at] = byte;
+            raw.truncate(raw.len() - cut % raw.len());
+            let mut buf = BytesMut::from(&raw[..]);
+            if let Ok(Some(_)) = parse_request(&mut buf, 65536) {
+                let mut d = ChunkedDecoder::default();
+                while let Ok(Decoded::Data(_)) = d.decode(&mut buf) {}
+            }
+            let mut res = BytesMut::from(&raw[..]);
+            let _ = h1::parse_response(&mut res, false, 65536);
+        }
     }
 
     #[test]
