@@ -13,54 +13,8 @@ require haproxy:haproxy nginx:nginx-light wrk:wrk valgrind:valgrind
 setup
 
 B1=18601; B2=18602; B3=18603; TP=18610; HP=18611
-mkdir -p "$work/b/logs"
-cat > "$work/backends.conf" <<NGX
-worker_processes 1; daemon off; pid $work/b.pid; error_log $work/b/logs/error.log;
-events { worker_connections 4096; }
-http {
-  access_log off; keepalive_requests 100000;
-  server { listen 127.0.0.1:$B1; location / { return 200 "backend one\n"; } }
-  server { listen 127.0.0.1:$B2; location / { return 200 "backend two\n"; } }
-  server { listen 127.0.0.1:$B3; location / { return 200 "backend three\n"; } }
-}
-NGX
+rig_configs $B1 $B2 $B3 $TP $HP
 nginx -p "$work/b" -c "$work/backends.conf" & pids+=($!)
-cat > "$work/tether.toml" <<TOML
-[listen]
-http = ["127.0.0.1:$TP"]
-[log]
-access = "off"
-[pools.app]
-affinity = "cookie"
-[[pools.app.backends]]
-id = "s1"
-address = "127.0.0.1:$B1"
-[[pools.app.backends]]
-id = "s2"
-address = "127.0.0.1:$B2"
-[[pools.app.backends]]
-id = "s3"
-address = "127.0.0.1:$B3"
-TOML
-cat > "$work/haproxy.cfg" <<HAP
-global
-  nbthread 1
-defaults
-  mode http
-  timeout connect 2s
-  timeout client 60s
-  timeout server 60s
-  http-reuse safe
-frontend fe
-  bind 127.0.0.1:$HP
-  default_backend be
-backend be
-  balance roundrobin
-  cookie SRV insert indirect nocache
-  server s1 127.0.0.1:$B1 cookie s1
-  server s2 127.0.0.1:$B2 cookie s2
-  server s3 127.0.0.1:$B3 cookie s3
-HAP
 
 # measure NAME PORT COOKIE-HEADER CMD... -> "NAME instructions/request"
 measure() {

@@ -21,59 +21,13 @@ require haproxy:haproxy nginx:nginx-light wrk:wrk
 setup
 
 B1=18401; B2=18402; B3=18403; TP=18410; HP=18411; NP=18412
-mkdir -p "$work/b/logs" "$work/n/logs"
-cat > "$work/backends.conf" <<NGX
-worker_processes 1; daemon off; pid $work/b.pid; error_log $work/b/logs/error.log;
-events { worker_connections 8192; }
-http {
-  access_log off; keepalive_requests 100000;
-  server { listen 127.0.0.1:$B1; location / { return 200 "backend one\n"; } }
-  server { listen 127.0.0.1:$B2; location / { return 200 "backend two\n"; } }
-  server { listen 127.0.0.1:$B3; location / { return 200 "backend three\n"; } }
-}
-NGX
+mkdir -p "$work/n/logs"
+rig_configs $B1 $B2 $B3 $TP $HP
 taskset -c 1 nginx -p "$work/b" -c "$work/backends.conf" & pids+=($!)
 
-cat > "$work/tether.toml" <<TOML
-[listen]
-http = ["127.0.0.1:$TP"]
-[log]
-access = "off"
-[pools.app]
-affinity = "cookie"
-[[pools.app.backends]]
-id = "s1"
-address = "127.0.0.1:$B1"
-[[pools.app.backends]]
-id = "s2"
-address = "127.0.0.1:$B2"
-[[pools.app.backends]]
-id = "s3"
-address = "127.0.0.1:$B3"
-TOML
 taskset -c 0 target/release/tether run -c "$work/tether.toml" --threads 1 2>"$work/tether.log" & pids+=($!)
 TETHER=$!
 
-cat > "$work/haproxy.cfg" <<HAP
-global
-  nbthread 1
-  maxconn 8000
-defaults
-  mode http
-  timeout connect 2s
-  timeout client 60s
-  timeout server 60s
-  http-reuse safe
-frontend fe
-  bind 127.0.0.1:$HP
-  default_backend be
-backend be
-  balance roundrobin
-  cookie SRV insert indirect nocache
-  server s1 127.0.0.1:$B1 cookie s1
-  server s2 127.0.0.1:$B2 cookie s2
-  server s3 127.0.0.1:$B3 cookie s3
-HAP
 taskset -c 0 haproxy -f "$work/haproxy.cfg" & pids+=($!)
 HAPROXY=$!
 
