@@ -56,3 +56,22 @@ pub fn forwarded_for(data: &[u8]) {
     let parts: Vec<&[u8]> = data.split(|&b| b == b'\n').collect();
     let _ = client_ip::client_ip(peer, parts.iter().copied(), &trusted);
 }
+
+/// HTTP/1.1 heads and bodies off the wire: a request head (the client side), a response
+/// head (the backend side), and chunked decoding of whatever follows either.
+pub fn http1(data: &[u8]) {
+    let mut buf = bytes::BytesMut::from(data);
+    if let Ok(Some(_)) = crate::server::http1::parse_request_head(&mut buf, 16384) {
+        drain_chunked(&mut buf);
+    }
+    let mut buf = bytes::BytesMut::from(data);
+    if let Ok(Some(_)) = crate::h1::parse_response(&mut buf, false, 16384) {
+        drain_chunked(&mut buf);
+    }
+    drain_chunked(&mut bytes::BytesMut::from(data));
+}
+
+fn drain_chunked(buf: &mut bytes::BytesMut) {
+    let mut d = crate::h1::ChunkedDecoder::default();
+    while let Ok(crate::h1::Decoded::Data(_)) = d.decode(buf) {}
+}

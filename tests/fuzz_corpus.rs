@@ -38,3 +38,8 @@ fn config_corpus() {
 fn forwarded_for_corpus() {
     replay("forwarded_for", tether::fuzz_targets::forwarded_for);
 }
+
+#[test]
+fn http1_corpus() {
+    replay("http1", tether::fuzz_targets::http1);
+}

@@ -255,6 +255,11 @@ fn parse_request(buf: &mut BytesMut, max_head: usize) -> Result<Option<Parsed>, 
     }))
 }
 
+/// [`parse_request`] for the fuzzer: whether a head parsed, without exposing its shape.
+pub fn parse_request_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<()>, StatusCode> {
+    parse_request(buf, max_head).map(|p| p.map(|_| ()))
+}
+
 /// RFC 9112 §6.3 for requests, strictly: Transfer-Encoding with Content-Length, an unknown
 /// coding, or differing lengths are refused (request smuggling).
 fn request_framing(version: Version, h: &HeaderMap, seen: h1::Seen) -> Result<Framing, StatusCode> {
