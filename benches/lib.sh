@@ -66,15 +66,7 @@ address = "127.0.0.1:$b2"
 id = "s3"
 address = "127.0.0.1:$b3"
 TOML
-  cat > "$work/haproxy.cfg" <<HAP
-global
-  nbthread 1
-  maxconn 8000
-defaults
-  mode http
-  timeout connect 2s
-  timeout client 60s
-  timeout server 60s
+  { haproxy_common; cat <<HAP
   http-reuse safe
 frontend fe
   bind 127.0.0.1:$hp
@@ -85,5 +77,20 @@ backend be
   server s1 127.0.0.1:$b1 cookie s1
   server s2 127.0.0.1:$b2 cookie s2
   server s3 127.0.0.1:$b3 cookie s3
+HAP
+  } > "$work/haproxy.cfg"
+}
+
+# The global and defaults sections every benchmark's HAProxy shares: one thread, HTTP mode.
+haproxy_common() {
+  cat <<HAP
+global
+  nbthread 1
+  maxconn 8000
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 60s
+  timeout server 60s
 HAP
 }

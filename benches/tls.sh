@@ -45,15 +45,7 @@ TOML
 taskset -c 0 target/release/tether run -c "$work/tether.toml" --threads 1 2>"$work/tether.log" & pids+=($!)
 TETHER_PID=$!
 
-cat > "$work/haproxy.cfg" <<HAP
-global
-  nbthread 1
-  maxconn 8000
-defaults
-  mode http
-  timeout connect 2s
-  timeout client 60s
-  timeout server 60s
+{ haproxy_common; cat <<HAP
 frontend fe
   bind 127.0.0.1:$H ssl crt $work/haproxy.pem alpn h2,http/1.1
   default_backend be
@@ -61,6 +53,7 @@ backend be
   cookie SRV insert indirect nocache
   server s1 127.0.0.1:$B cookie s1
 HAP
+} > "$work/haproxy.cfg"
 taskset -c 0 haproxy -f "$work/haproxy.cfg" & pids+=($!)
 HAPROXY_PID=$!
 sleep 1.5

@@ -17,9 +17,7 @@ use common::*;
 async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(bytes).await.unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
+    read_to_close(&mut s).await
 }
 
 /// A backend that answers every connection with `reply` (raw bytes), then behaves per `then`.

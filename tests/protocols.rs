@@ -482,13 +482,6 @@ async fn idle_backend_connections_are_swept() {
     assert_eq!(shared.conns.idle_count(), 0);
 }
 
-/// Reads from `s` until it closes (or 3 s pass).
-async fn read_all(s: &mut TcpStream) -> String {
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order() {
     let a = Backend::start("a").await;
@@ -499,7 +492,7 @@ async fn pipelined_requests_are_answered_in_order() {
     )
     .await
     .unwrap();
-    let got = read_all(&mut s).await;
+    let got = read_to_close(&mut s).await;
     let statuses: Vec<&str> = got
         .match_indices("HTTP/1.1 ")
         .map(|(i, _)| &got[i + 9..i + 12])
@@ -523,7 +516,7 @@ async fn expect_continue_gets_a_100_before_the_body_is_sent() {
         .unwrap();
     assert_eq!(&buf[..n], b"HTTP/1.1 100 Continue\r\n\r\n");
     s.write_all(b"hello world").await.unwrap();
-    let got = read_all(&mut s).await;
+    let got = read_to_close(&mut s).await;
     assert!(
         got.starts_with("HTTP/1.1 200 OK\r\n") && got.ends_with("\r\n\r\n11"),
         "{got}"
@@ -536,7 +529,7 @@ async fn http_1_0_clients_get_a_closed_connection_or_keep_alive_when_asked() {
     let proxy = Proxy::start(&pool_config("", "", &[&a])).await;
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
-    let got = read_all(&mut s).await;
+    let got = read_to_close(&mut s).await;
     assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
     assert!(
         got.contains("\r\nconnection: close\r\n") && got.ends_with("\r\n\r\na"),
@@ -553,7 +546,7 @@ async fn http_1_0_clients_get_a_closed_connection_or_keep_alive_when_asked() {
     assert!(got.contains("\r\nconnection: keep-alive\r\n"), "{got}");
     s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
     assert!(
-        read_all(&mut s).await.starts_with("HTTP/1.1 200"),
+        read_to_close(&mut s).await.starts_with("HTTP/1.1 200"),
         "the connection stayed open"
     );
 }
@@ -568,7 +561,7 @@ async fn chunked_uploads_arrive_whole() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     s.write_all(b"6;x=y\r\n world\r\n0\r\n\r\n").await.unwrap();
-    let got = read_all(&mut s).await;
+    let got = read_to_close(&mut s).await;
     assert!(
         got.starts_with("HTTP/1.1 200") && got.ends_with("11"),
         "{got}"
@@ -596,7 +589,7 @@ async fn keep_alive_waits_idle_timeout_between_requests_not_header_timeout() {
     s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
-    assert!(read_all(&mut s).await.starts_with("HTTP/1.1 200"));
+    assert!(read_to_close(&mut s).await.starts_with("HTTP/1.1 200"));
 
     // And an idle connection is closed at idle_timeout.
     let proxy = Proxy::start(&pool_config(
