@@ -6,7 +6,9 @@
 #   cookie    — every request carries a valid affinity cookie (a returning user)
 #   new       — no cookie: every request is a new session (the proxy places it and, for
 #               tether and HAProxy, inserts a cookie)
-# plus a direct-to-backend run (the rig's ceiling). Rounds are interleaved; the report gives
+# plus a direct-to-backend run (the rig's ceiling) and the rig's floor: `examples/relay.rs`, a
+# TCP relay with no HTTP in it (one recv and one send per message, nothing else), whose CPU
+# per request is what the kernel alone costs — no HTTP proxy can spend less. Rounds are interleaved; the report gives
 # medians of req/s, p50/p99 latency and the proxy's CPU microseconds per request (from
 # /proc/PID/stat), and ratios against HAProxy. Everything stays on 127.0.0.1.
 #   bash benches/load.sh [rounds] [seconds]      (default 3 rounds of 5 s)
@@ -20,13 +22,17 @@ source benches/lib.sh
 require haproxy:haproxy nginx:nginx-light wrk:wrk
 setup
 
-B1=18401; B2=18402; B3=18403; TP=18410; HP=18411; NP=18412
+B1=18401; B2=18402; B3=18403; TP=18410; HP=18411; NP=18412; RP=18413
+cargo build --release -q --example relay
 mkdir -p "$work/n/logs"
 rig_configs $B1 $B2 $B3 $TP $HP
 taskset -c 1 nginx -p "$work/b" -c "$work/backends.conf" & pids+=($!)
 
 taskset -c 0 target/release/tether run -c "$work/tether.toml" --threads 1 2>"$work/tether.log" & pids+=($!)
 TETHER=$!
+
+taskset -c 0 target/release/examples/relay 127.0.0.1:$RP 127.0.0.1:$B1 127.0.0.1:$B2 127.0.0.1:$B3 & pids+=($!)
+RELAY=$!
 
 taskset -c 0 haproxy -f "$work/haproxy.cfg" & pids+=($!)
 HAPROXY=$!
@@ -75,7 +81,7 @@ echo "round workload proxy req/s p50 p99 cpu_us requests" > "$work/results"
 for r in $(seq 1 "$ROUNDS"); do
   echo "$r direct $(run direct - $B1 '')" | tee -a "$work/results"
   for w in cookie new; do
-    for p in tether haproxy nginx; do
+    for p in tether haproxy nginx relay; do
       case "$p/$w" in
         tether/cookie) line=$(run tether $TETHER $TP "$TCOOKIE") ;;
         tether/new) line=$(run tether $TETHER $TP "") ;;
@@ -83,6 +89,8 @@ for r in $(seq 1 "$ROUNDS"); do
         haproxy/new) line=$(run haproxy $HAPROXY $HP "") ;;
         nginx/cookie) line=$(run nginx $NGINX $NP "SRV=s2") ;;
         nginx/new) line=$(run nginx $NGINX $NP "") ;;
+        relay/cookie) line=$(run relay $RELAY $RP "SRV=s2") ;;
+        relay/new) line=$(run relay $RELAY $RP "") ;;
       esac
       echo "$r $w $line" | tee -a "$work/results"
     done
@@ -108,10 +116,11 @@ print("|---|---|---|---|---|---|---|---|---|")
 for w in ("cookie", "new"):
     base = {k: med(w, "haproxy", f) for k, f in (
         ("rps", lambda r: float(r[3])), ("p99", lambda r: ms(r[5])), ("cpu", lambda r: float(r[6]) / float(r[7])))}
-    for p in ("tether", "haproxy", "nginx"):
+    for p in ("tether", "haproxy", "nginx", "relay"):
         rps = med(w, p, lambda r: float(r[3]))
         p50 = med(w, p, lambda r: ms(r[4]))
         p99 = med(w, p, lambda r: ms(r[5]))
         cpu = med(w, p, lambda r: float(r[6]) / float(r[7]))
         print(f"| {w} | {p} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {cpu:.1f} | {rps / base['rps']:.2f} | {cpu / base['cpu']:.2f} | {p99 / base['p99']:.2f} |")
+print("\nrelay: the floor — a TCP relay with no HTTP work; CPU vs HAProxy is the least any proxy could reach here.")
 PY
