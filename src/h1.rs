@@ -148,7 +148,8 @@ pub fn parse_response(
     };
     let head = buf.split_to(len).freeze();
     let status = StatusCode::from_u16(code).map_err(|_| WireError::Head)?;
-    let (headers, seen) = header_map(&head, &spans[..count]).ok_or(WireError::Head)?;
+    let upgrade = status == StatusCode::SWITCHING_PROTOCOLS;
+    let (headers, hop) = response_map(&head, &spans[..count], upgrade)?;
     let reason = reason
         .and_then(|(s, e)| head.get(s as usize..e as usize))
         .map(|r| head.slice_ref(r))
@@ -158,13 +159,11 @@ pub fn parse_response(
     } else {
         Version::HTTP_11
     };
-    let framing = framing(status, head_request, &headers, seen)?;
+    let framing = framing(status, head_request, &hop)?;
     let keep_alive = framing != Framing::Close
         && match version {
-            Version::HTTP_11 => {
-                !(seen.connection && has_token(&headers, header::CONNECTION, b"close"))
-            }
-            _ => seen.connection && has_token(&headers, header::CONNECTION, b"keep-alive"),
+            Version::HTTP_11 => !hop.close,
+            _ => hop.keep_alive,
         };
     Ok(Some(ResponseHead {
         status,
@@ -176,13 +175,119 @@ pub fn parse_response(
     }))
 }
 
+/// What a response's hop-by-hop headers (RFC 9110 §7.6.1) said. They describe the link to
+/// the backend, not the one to the client, so they are read here and left out of the map.
+#[derive(Debug, Default)]
+struct HopFacts {
+    /// `Connection` lists `close` / `keep-alive`.
+    close: bool,
+    keep_alive: bool,
+    /// `Connection` names other headers, which are then hop-by-hop too.
+    names_others: bool,
+    transfer_encoding: bool,
+    /// The last transfer coding is `chunked`.
+    chunked: bool,
+    content_length: Option<u64>,
+    /// Content-Length values that are malformed or differ (an error unless
+    /// Transfer-Encoding overrides them).
+    bad_length: bool,
+}
+
+/// Headers that are hop-by-hop whatever `Connection` says.
+fn is_hop_by_hop(name: &[u8]) -> bool {
+    const NAMES: [&[u8]; 8] = [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+    ];
+    // eq_ignore_ascii_case compares lengths first: most names fail at once.
+    NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
+/// The non-empty items of a comma-separated header value.
+fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+    v.split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+/// The response's header map without its hop-by-hop headers (values share `head`), and
+/// what those said. `Upgrade` stays only on a 101 (`upgrade`).
+fn response_map(
+    head: &Bytes,
+    spans: &[Span],
+    upgrade: bool,
+) -> Result<(HeaderMap, HopFacts), WireError> {
+    let get = |s: u32, e: u32| head.get(s as usize..e as usize).ok_or(WireError::Head);
+    let mut hop = HopFacts::default();
+    // Connection first: the headers it names may come before it.
+    for &(ns, ne, vs, ve) in spans {
+        if get(ns, ne)?.eq_ignore_ascii_case(b"connection") {
+            for t in tokens(get(vs, ve)?) {
+                if t.eq_ignore_ascii_case(b"close") {
+                    hop.close = true;
+                } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                    hop.keep_alive = true;
+                } else if !t.eq_ignore_ascii_case(b"upgrade") && !is_hop_by_hop(t) {
+                    hop.names_others = true;
+                }
+            }
+        }
+    }
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    for &(ns, ne, vs, ve) in spans {
+        let (name, value) = (get(ns, ne)?, get(vs, ve)?);
+        if is_hop_by_hop(name) {
+            if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                hop.transfer_encoding = true;
+                if let Some(last) = tokens(value).last() {
+                    hop.chunked = last.eq_ignore_ascii_case(b"chunked");
+                }
+            }
+            continue;
+        }
+        if (!upgrade && name.eq_ignore_ascii_case(b"upgrade"))
+            || (hop.names_others && named_by_connection(head, spans, name))
+        {
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"content-length") {
+            for part in value.split(|&b| b == b',') {
+                match parse_decimal(part.trim_ascii()) {
+                    Some(n) if hop.content_length.is_none_or(|l| l == n) => {
+                        hop.content_length = Some(n)
+                    }
+                    _ => hop.bad_length = true,
+                }
+            }
+        }
+        let name = HeaderName::from_bytes(name).map_err(|_| WireError::Head)?;
+        let value =
+            HeaderValue::from_maybe_shared(head.slice_ref(value)).map_err(|_| WireError::Head)?;
+        headers.append(name, value);
+    }
+    Ok((headers, hop))
+}
+
+/// Whether a `Connection` header in the head lists `name` (only asked when one names
+/// headers beyond the standard tokens, which is rare).
+fn named_by_connection(head: &[u8], spans: &[Span], name: &[u8]) -> bool {
+    spans.iter().any(|&(ns, ne, vs, ve)| {
+        head.get(ns as usize..ne as usize)
+            .is_some_and(|n| n.eq_ignore_ascii_case(b"connection"))
+            && head
+                .get(vs as usize..ve as usize)
+                .is_some_and(|v| tokens(v).any(|t| t.eq_ignore_ascii_case(name)))
+    })
+}
+
 /// RFC 9112 §6.3: how the body of this response is delimited.
-fn framing(
-    status: StatusCode,
-    head_request: bool,
-    h: &HeaderMap,
-    seen: Seen,
-) -> Result<Framing, WireError> {
+fn framing(status: StatusCode, head_request: bool, hop: &HopFacts) -> Result<Framing, WireError> {
     if head_request
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -190,26 +295,18 @@ fn framing(
     {
         return Ok(Framing::Empty);
     }
-    if seen.transfer_encoding {
+    if hop.transfer_encoding {
         // Chunked only if it is the last coding; otherwise the body runs to the close.
-        let last = h
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .rfind(|t| !t.is_empty());
-        return Ok(match last {
-            Some(t) if t.eq_ignore_ascii_case("chunked") => Framing::Chunked,
-            _ => Framing::Close,
+        return Ok(if hop.chunked {
+            Framing::Chunked
+        } else {
+            Framing::Close
         });
     }
-    let length = if seen.content_length {
-        content_length(h)?
-    } else {
-        None
-    };
-    Ok(match length {
+    if hop.bad_length {
+        return Err(WireError::Length);
+    }
+    Ok(match hop.content_length {
         Some(0) => Framing::Empty,
         Some(n) => Framing::Length(n),
         None => Framing::Close,
@@ -533,6 +630,56 @@ mod tests {
             !ka(b"HTTP/1.1 200 OK\r\n\r\n"),
             "a body delimited by close ends the connection"
         );
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_left_out() {
+        // x-secret is named by Connection after it appears; the parse still drops it.
+        let r = parse(
+            b"HTTP/1.1 200 OK\r\nX-Secret: 1\r\nConnection: keep-alive, X-Secret\r\n\
+              Keep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\nUpgrade: websocket\r\n\
+              Proxy-Connection: x\r\nTE: trailers\r\nTrailer: x-t\r\nX-Kept: 1\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        let names: Vec<&str> = r.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+        assert_eq!(
+            r.framing,
+            Framing::Chunked,
+            "dropped, but still read for framing"
+        );
+    }
+
+    #[test]
+    fn a_101_keeps_upgrade_and_a_200_does_not() {
+        let raw = |status: &str| {
+            format!("HTTP/1.1 {status}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nContent-Length: 0\r\n\r\n")
+        };
+        let r = parse(raw("101 Switching Protocols").as_bytes(), false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.headers[header::UPGRADE], "websocket");
+        assert!(r.headers.get(header::CONNECTION).is_none());
+        let r = parse(raw("200 OK").as_bytes(), false).unwrap().unwrap();
+        assert!(r.headers.get(header::UPGRADE).is_none());
+        assert_eq!(
+            r.headers[header::CONTENT_LENGTH],
+            "0",
+            "end-to-end headers stay"
+        );
+    }
+
+    #[test]
+    fn bad_content_length_is_ignored_under_transfer_encoding() {
+        let r = parse(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: x\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(r.framing, Framing::Chunked);
     }
 
     #[test]

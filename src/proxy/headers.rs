@@ -37,37 +37,6 @@ fn connection_tokens(h: &HeaderMap) -> impl Iterator<Item = &[u8]> {
         })
 }
 
-/// Removes hop-by-hop headers and those the `Connection` header names. With `keep_upgrade`,
-/// `Connection: upgrade` and `Upgrade` survive (WebSocket and other upgrades).
-pub fn remove_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
-    // One pass over the names, then a removal only for the ones present.
-    let mut present = [false; 8];
-    let mut upgrade = false;
-    for k in h.keys() {
-        match HOP_BY_HOP.iter().position(|n| n == k) {
-            Some(i) => present[i] = true,
-            None => upgrade |= k == header::UPGRADE,
-        }
-    }
-    if present[0] {
-        let named: Vec<HeaderName> = connection_tokens(h)
-            .filter(|t| !(keep_upgrade && t.eq_ignore_ascii_case(b"upgrade")))
-            .filter_map(|t| HeaderName::from_bytes(t).ok())
-            .collect();
-        for n in named {
-            h.remove(n);
-        }
-    }
-    for (n, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
-        h.remove(n);
-    }
-    if keep_upgrade {
-        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else if upgrade {
-        h.remove(header::UPGRADE);
-    }
-}
-
 /// What the backend's request says about the client, beyond the client's own headers.
 pub struct Forwarding<'a> {
     /// The client's address as text (for X-Forwarded-For).
@@ -210,36 +179,6 @@ pub fn make_private(h: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn strips_hop_by_hop_and_connection_named_headers() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-secret"),
-        );
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        h.insert("x-kept", HeaderValue::from_static("1"));
-        remove_hop_by_hop(&mut h, false);
-        assert_eq!(h.len(), 1, "{h:?}");
-        assert!(h.contains_key("x-kept"));
-    }
-
-    #[test]
-    fn keeps_upgrade_for_websocket() {
-        let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        remove_hop_by_hop(&mut h, true);
-        assert_eq!(h.get(header::UPGRADE).unwrap(), "websocket");
-        assert_eq!(h.get(header::CONNECTION).unwrap(), "upgrade");
-    }
 
     fn head_for(h: &HeaderMap, f: &Forwarding<'_>) -> String {
         let mut out = BytesMut::new();

@@ -370,13 +370,14 @@ async fn proxy(
         }
         let mut res = Response::new(ProxyBody::empty());
         *res.status_mut() = head.status;
+        // The head came without hop-by-hop headers (h1::parse_response); Upgrade stayed.
         *res.headers_mut() = head.headers;
-        headers::remove_hop_by_hop(res.headers_mut(), true);
+        res.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         add_cookie(pool, &decision, conn, res.headers_mut());
         return Ok(res);
     }
     let (mut parts, body) = UpstreamBody::new(exchange, backend.shared.clone(), in_flight);
-    headers::remove_hop_by_hop(&mut parts.headers, false);
     add_cookie(pool, &decision, conn, &mut parts.headers);
     learn_from_response(pool, backend, learn_session.as_deref(), &parts.headers);
     Ok(Response::from_parts(parts, ProxyBody::upstream(body)))
