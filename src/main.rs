@@ -10,6 +10,8 @@ use tether::app::App;
 use tether::config::{Config, ConfigError};
 use tether::{admin, demo, explain, health, reload, server};
 
+mod alloc;
+
 #[derive(Parser)]
 #[command(
     name = "tether",
@@ -109,9 +111,9 @@ struct ExplainArgs {
 }
 
 // mimalloc: the per-request allocations (read buffers, header maps, the request future)
-// cost a fraction of glibc's price; see BENCHMARKS.md.
+// cost a fraction of glibc's price; see BENCHMARKS.md and `alloc`.
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: alloc::Mimalloc = alloc::Mimalloc;
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
