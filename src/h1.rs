@@ -209,8 +209,8 @@ fn is_hop_by_hop(name: &[u8]) -> bool {
     NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
 }
 
-/// The non-empty items of a comma-separated header value.
-fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+/// The non-empty items of a comma-separated header value (Connection, Transfer-Encoding).
+pub fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
     v.split(|&b| b == b',')
         .map(<[u8]>::trim_ascii)
         .filter(|t| !t.is_empty())
@@ -324,11 +324,9 @@ fn parse_decimal(s: &[u8]) -> Option<u64> {
 
 /// Whether a comma-separated header (e.g. `Connection`) lists `token`.
 pub fn has_token(h: &HeaderMap, name: HeaderName, token: &[u8]) -> bool {
-    h.get_all(name).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-    })
+    h.get_all(name)
+        .iter()
+        .any(|v| tokens(v.as_bytes()).any(|t| t.eq_ignore_ascii_case(token)))
 }
 
 /// The message's length from its `Content-Length` headers: `Ok(None)` without any, an error

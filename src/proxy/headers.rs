@@ -28,13 +28,8 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 fn connection_tokens(h: &HeaderMap) -> impl Iterator<Item = &[u8]> {
     h.get_all(header::CONNECTION)
         .into_iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii)
-        .filter(|t| {
-            !t.is_empty()
-                && !t.eq_ignore_ascii_case(b"close")
-                && !t.eq_ignore_ascii_case(b"keep-alive")
-        })
+        .flat_map(|v| h1::tokens(v.as_bytes()))
+        .filter(|t| !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive"))
 }
 
 /// What the backend's request says about the client, beyond the client's own headers.
