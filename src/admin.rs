@@ -72,7 +72,13 @@ fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
 
 async fn route(app: &Arc<App>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // Ids may hold characters a URL path escapes (an IPv6 `[::1]:8080`).
+    let decoded: Vec<String> = path
+        .trim_matches('/')
+        .split('/')
+        .map(percent_decode)
+        .collect();
+    let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
     match (req.method(), segments.as_slice()) {
         (&Method::GET, ["healthz"]) => reply(StatusCode::OK, "text/plain", "ok\n"),
         (&Method::GET, ["status"]) => json_reply(StatusCode::OK, status(app)),
@@ -113,12 +119,52 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Response<Full<Bytes>> 
             };
             set_state(app, pool, id, state)
         }
+        (&Method::GET, ["pools", pool, "backends", id]) => backend(app, pool, id),
         (_, ["healthz"] | ["status"] | ["metrics"] | ["reload"])
+        | (_, ["pools", _, "backends", _])
         | (_, ["pools", _, "backends", _, _]) => {
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
         _ => error(StatusCode::NOT_FOUND, "not found"),
     }
+}
+
+/// `%XX` escapes decoded (invalid ones kept as written); not valid UTF-8 → lossy.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).and_then(|c| hex(*c)),
+            b.get(i + 2).and_then(|c| hex(*c)),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Escapes a path segment for the admin API (everything but unreserved characters and `:`).
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.bytes() {
+        if c.is_ascii_alphanumeric() || b"-._~:".contains(&c) {
+            out.push(c as char);
+        } else {
+            out.push_str(&format!("%{c:02X}"));
+        }
+    }
+    out
 }
 
 /// Bearer-token check for POST endpoints (always true without a token).
@@ -168,34 +214,61 @@ fn rfc3339(unix_ms: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(unix_ms)).to_string()
 }
 
+/// One backend's `/status` entry.
+fn backend_json(b: &crate::runtime::Backend) -> Value {
+    let s = &b.shared;
+    // `/status` showing a backend up starts its slow-start window at the latest.
+    s.observe_up();
+    let last = s.last_pinned_at_ms.load(Ordering::Relaxed);
+    json!({
+        "id": &*b.id,
+        "address": &*b.address,
+        "weight": b.weight,
+        "state": s.state().as_str(),
+        "healthy": s.healthy(),
+        "in_flight": s.in_flight(),
+        "requests": s.requests.load(Ordering::Relaxed),
+        "pinned_while_draining": s.pinned_while_draining.load(Ordering::Relaxed),
+        "last_pinned_at": (last > 0).then(|| rfc3339(last)),
+        "source": b.source.as_deref().unwrap_or("file"),
+    })
+}
+
+/// `GET /pools/{pool}/backends/{id}`: that backend's `/status` entry.
+fn backend(app: &App, pool: &str, id: &str) -> Response<Full<Bytes>> {
+    let snap = app.snapshot();
+    let Some(p) = snap.pools.iter().find(|p| &*p.name == pool) else {
+        return error(StatusCode::NOT_FOUND, "no such pool");
+    };
+    match p.backends.iter().find(|b| &*b.id == id) {
+        Some(b) => json_reply(StatusCode::OK, backend_json(b)),
+        None => error(StatusCode::NOT_FOUND, "no such backend in this pool"),
+    }
+}
+
 /// The `/status` document.
 pub fn status(app: &App) -> Value {
     let snap = app.snapshot();
     let meta = app.meta().clone();
     let mut pools = serde_json::Map::new();
     for p in &snap.pools {
-        let backends: Vec<Value> = p
-            .backends
-            .iter()
-            .map(|b| {
-                let s = &b.shared;
-                let last = s.last_pinned_at_ms.load(Ordering::Relaxed);
+        let backends: Vec<Value> = p.backends.iter().map(backend_json).collect();
+        let discover: Vec<Value> = app
+            .discovery
+            .view(&p.name)
+            .into_iter()
+            .map(|e| {
                 json!({
-                    "id": &*b.id,
-                    "address": &*b.address,
-                    "weight": b.weight,
-                    "state": s.state().as_str(),
-                    "healthy": s.healthy(),
-                    "in_flight": s.in_flight(),
-                    "requests": s.requests.load(Ordering::Relaxed),
-                    "pinned_while_draining": s.pinned_while_draining.load(Ordering::Relaxed),
-                    "last_pinned_at": (last > 0).then(|| rfc3339(last)),
+                    "name": e.name,
+                    "addresses": e.addresses,
+                    "last_resolved_at": e.last_resolved_unix_ms.map(rfc3339),
+                    "last_error": e.last_error,
                 })
             })
             .collect();
         pools.insert(
             p.name.to_string(),
-            json!({ "affinity": p.affinity.as_str(), "backends": backends }),
+            json!({ "affinity": p.affinity.as_str(), "backends": backends, "discover": discover }),
         );
     }
     let loaded_ms = meta
@@ -271,6 +344,14 @@ pub async fn call(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn path_segments_round_trip() {
+        for id in ["[::1]:8080", "app1", "node-a.app.local:8081", "a b/c%"] {
+            assert_eq!(percent_decode(&percent_encode(id)), id);
+        }
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+    }
 
     #[test]
     fn token_comparison() {

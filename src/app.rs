@@ -10,6 +10,8 @@ use arc_swap::ArcSwap;
 
 use crate::access_log::AccessLogger;
 use crate::config::{Config, Diagnostic};
+use crate::discovery::resolve::SharedLookup;
+use crate::discovery::{Discovery, Hooks};
 use crate::health::Checker;
 use crate::runtime::Snapshot;
 use crate::server::ListenerSet;
@@ -49,13 +51,31 @@ pub struct App {
     pub close_tunnels: tokio::sync::watch::Sender<bool>,
     /// Tunnels currently open.
     pub tunnels: Arc<AtomicU64>,
+    /// Backends found by DNS (kept across reloads).
+    pub discovery: Arc<Discovery>,
+    /// Serializes snapshot builds (reloads and discovery changes), so none is lost.
+    install_lock: Mutex<()>,
 }
+
+/// How often the slow-start clock looks at backend states.
+const STATE_TICK: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl App {
     /// Builds the first snapshot and starts health checks and the access log writer. Must
     /// run inside a tokio runtime. Fails only on TLS files (certificates, keys, CAs).
     pub fn new(config: Config, path: Option<PathBuf>) -> Result<Arc<App>, Vec<Diagnostic>> {
+        App::with_lookup(config, path, None)
+    }
+
+    /// [`App::new`], with every `discover` entry answered by `lookup` instead of DNS when
+    /// given (tests).
+    pub fn with_lookup(
+        config: Config,
+        path: Option<PathBuf>,
+        lookup: Option<SharedLookup>,
+    ) -> Result<Arc<App>, Vec<Diagnostic>> {
         let tls = crate::tls::load(&config, &base_dir(path.as_deref()))?;
+        let discover = config.clone();
         let registry = Arc::new(Registry::default());
         let snap = Snapshot::build(Arc::new(config), tls, &registry, None);
         let app = App {
@@ -78,9 +98,35 @@ impl App {
             open_connections: Arc::new(AtomicU64::new(0)),
             close_tunnels: tokio::sync::watch::channel(false).0,
             tunnels: Arc::new(AtomicU64::new(0)),
+            discovery: Arc::new(Discovery::new(lookup)),
+            install_lock: Mutex::new(()),
         };
         app.health.reconcile(&app.snapshot());
         let app = Arc::new(app);
+        let (w1, w2) = (Arc::downgrade(&app), Arc::downgrade(&app));
+        app.discovery.set_hooks(Hooks {
+            snapshot: Box::new(move || w1.upgrade().map(|a| a.snapshot())),
+            changed: Box::new(move || {
+                if let Some(a) = w2.upgrade() {
+                    a.refresh_membership();
+                }
+            }),
+        });
+        app.discovery.reconcile(&discover);
+        // The slow-start clock: notes when each backend is first seen up.
+        let weak = Arc::downgrade(&app);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(STATE_TICK);
+            loop {
+                tick.tick().await;
+                let Some(app) = weak.upgrade() else { return };
+                for pool in &app.snapshot().pools {
+                    for b in &pool.backends {
+                        b.shared.observe_up();
+                    }
+                }
+            }
+        });
         // Close idle backend connections nobody will reuse.
         let weak = Arc::downgrade(&app);
         tokio::spawn(async move {
@@ -115,6 +161,9 @@ impl App {
     /// Builds a snapshot of `config` (keeping long-lived state by identity), swaps it in and
     /// brings health checks in line with it.
     pub fn install(&self, config: Config, tls: TlsMaterial) {
+        let _building = self.install_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.discovery.reconcile(&config);
+        let config = self.discovery.merge(&config);
         let current = self.snapshot();
         let snap = Arc::new(Snapshot::build(
             Arc::new(config),
@@ -128,6 +177,38 @@ impl App {
         meta.generation += 1;
         meta.loaded_at = SystemTime::now();
         meta.last_reload_error = None;
+    }
+
+    /// Discovered membership changed: rebuild the snapshot from the current config (the
+    /// reload path's build, so state is kept by identity), without counting a reload.
+    pub fn refresh_membership(&self) {
+        let _building = self.install_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.snapshot();
+        let config = self.discovery.merge(&current.config);
+        let tls = TlsMaterial {
+            server: current.tls_server.clone(),
+            backends: current.tls_backends.clone(),
+            warnings: Vec::new(),
+        };
+        let snap = Arc::new(Snapshot::build(
+            Arc::new(config),
+            tls,
+            &self.registry,
+            Some(&current),
+        ));
+        self.snapshot.store(snap.clone());
+        self.health.reconcile(&snap);
+    }
+
+    /// Startup is over (first resolutions and health verdicts are in): backends that come
+    /// up from now on get `slow_start`.
+    pub fn end_startup(&self) {
+        for pool in &self.snapshot().pools {
+            for b in &pool.backends {
+                b.shared.observe_up();
+            }
+        }
+        self.registry.end_startup();
     }
 
     pub fn meta(&self) -> std::sync::MutexGuard<'_, ConfigMeta> {

@@ -25,7 +25,9 @@ pub mod affinity;
 pub mod app;
 pub mod balancer;
 pub mod config;
+pub mod ctl;
 pub mod demo;
+pub mod discovery;
 pub mod explain;
 #[doc(hidden)]
 pub mod fuzz_targets;

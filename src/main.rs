@@ -56,9 +56,15 @@ enum Command {
 
 #[derive(Args)]
 struct CtlArgs {
-    /// The admin API's base URL.
-    #[arg(long, env = "TETHER_ADMIN", default_value = "http://127.0.0.1:9090")]
-    admin: String,
+    /// The admin API's base URL; repeat it (or separate with commas) to act on several
+    /// tether instances.
+    #[arg(
+        long,
+        env = "TETHER_ADMIN",
+        default_value = "http://127.0.0.1:9090",
+        value_delimiter = ','
+    )]
+    admin: Vec<String>,
     /// Bearer token for POST endpoints.
     #[arg(long, env = "TETHER_ADMIN_TOKEN")]
     token: Option<String>,
@@ -83,6 +89,15 @@ enum CtlAction {
     Disable { id: String },
     /// Re-read the config file now.
     Reload,
+    /// Wait until the backend is draining (or disabled, or gone) on every instance and no
+    /// pinned request has reached it for --quiet; exit 1 at --timeout.
+    WaitDrained {
+        id: String,
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        quiet: std::time::Duration,
+        #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
 }
 
 #[derive(Args)]
@@ -209,6 +224,9 @@ fn check(path: &Path) -> ExitCode {
                     p.hash.as_str(),
                     p.backends.len()
                 );
+                for d in &p.discover {
+                    println!("  discover {} every {:?}", d.name, d.interval);
+                }
                 for b in &p.backends {
                     println!(
                         "  {} {} weight {} route {} {}",
@@ -220,6 +238,7 @@ fn check(path: &Path) -> ExitCode {
                     );
                 }
             }
+            print_discovery(&c);
             ExitCode::SUCCESS
         }
         Err(ConfigError::Invalid(errors)) => {
@@ -232,6 +251,35 @@ fn check(path: &Path) -> ExitCode {
         Err(e) => {
             eprintln!("{e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `check`: resolve each `discover` entry once; a failure is a warning (DNS may not be
+/// reachable where the check runs).
+fn print_discovery(c: &Config) {
+    if c.pools.iter().all(|p| p.discover.is_empty()) {
+        return;
+    }
+    let results = match runtime(Some(1)) {
+        Ok(rt) => rt.block_on(tether::discovery::check(c)),
+        Err(e) => {
+            println!("warning: cannot resolve discover entries: {e:#}");
+            return;
+        }
+    };
+    for (pool, name, result) in results {
+        match result {
+            Ok(found) => {
+                println!("pool {pool}: {name} resolves to {} backends", found.len());
+                for f in found {
+                    println!(
+                        "  {} {} weight {} route {}",
+                        f.id, f.address, f.weight, f.route
+                    );
+                }
+            }
+            Err(e) => println!("warning: pools.{pool}: {name}: resolution failed: {e}"),
         }
     }
 }
@@ -261,10 +309,16 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
         None => None,
     };
     let app = App::new(config, Some(path)).map_err(diagnostics)?;
-    // New backends are health-checked before they get sessions: wait for first verdicts.
+    // Backends from DNS first, then first health verdicts: new backends are checked before
+    // they get sessions.
+    app.discovery
+        .first_resolutions(std::time::Duration::from_secs(5))
+        .await;
     let snap = app.snapshot();
     health::first_verdicts(&snap, health::first_verdict_limit(&snap)).await;
     drop(snap);
+    // Backends up now serve at full weight; later ones get slow start.
+    app.end_startup();
     for (_, kind, l) in &listeners {
         tracing::info!(address = %l.local_addr()?, ?kind, "listening");
     }
@@ -290,30 +344,75 @@ async fn ctl(a: CtlArgs) -> anyhow::Result<()> {
     let token = a.token.as_deref();
     let (id, action) = match a.action {
         CtlAction::Status => {
-            let body = admin::call(&a.admin, http::Method::GET, "/status", token).await?;
-            let v: serde_json::Value = serde_json::from_str(&body)?;
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            for admin in &a.admin {
+                let body = admin::call(admin, http::Method::GET, "/status", token).await?;
+                let v: serde_json::Value = serde_json::from_str(&body)?;
+                if a.admin.len() > 1 {
+                    println!("# {admin}");
+                }
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            }
             return Ok(());
         }
         CtlAction::Reload => {
-            print!(
-                "{}",
-                admin::call(&a.admin, http::Method::POST, "/reload", token).await?
-            );
+            for admin in &a.admin {
+                print!(
+                    "{}",
+                    admin::call(admin, http::Method::POST, "/reload", token).await?
+                );
+            }
             return Ok(());
         }
         CtlAction::Healthz => {
-            admin::call(&a.admin, http::Method::GET, "/healthz", token).await?;
+            for admin in &a.admin {
+                admin::call(admin, http::Method::GET, "/healthz", token).await?;
+            }
+            return Ok(());
+        }
+        CtlAction::WaitDrained { id, quiet, timeout } => {
+            let o = tether::ctl::WaitOptions {
+                admins: a.admin.clone(),
+                token: a.token.clone(),
+                pool: a.pool.clone(),
+                id,
+                quiet,
+                timeout,
+                poll: std::time::Duration::from_secs(1)
+                    .min(quiet.max(std::time::Duration::from_millis(100))),
+            };
+            tether::ctl::wait_drained(&o).await?;
+            println!("{}: drained", o.id);
             return Ok(());
         }
         CtlAction::Drain { id } => (id, "drain"),
         CtlAction::Enable { id } => (id, "enable"),
         CtlAction::Disable { id } => (id, "disable"),
     };
-    let pool = match a.pool {
-        Some(p) => p,
+    // Every instance is asked, even when one fails (a preStop hook drains what it can).
+    let mut failed = Vec::new();
+    for admin in &a.admin {
+        if let Err(e) = ctl_one(admin, token, a.pool.as_deref(), &id, action).await {
+            eprintln!("{admin}: {e:#}");
+            failed.push(admin.clone());
+        }
+    }
+    if !failed.is_empty() {
+        anyhow::bail!("{action} failed at {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+async fn ctl_one(
+    admin: &str,
+    token: Option<&str>,
+    pool: Option<&str>,
+    id: &str,
+    action: &str,
+) -> anyhow::Result<()> {
+    let pool = match pool {
+        Some(p) => p.to_string(),
         None => {
-            let body = admin::call(&a.admin, http::Method::GET, "/status", token).await?;
+            let body = admin::call(admin, http::Method::GET, "/status", token).await?;
             let v: serde_json::Value = serde_json::from_str(&body)?;
             let pools: Vec<String> = v["pools"]
                 .as_object()
@@ -322,7 +421,7 @@ async fn ctl(a: CtlArgs) -> anyhow::Result<()> {
                         .filter(|(_, p)| {
                             p["backends"]
                                 .as_array()
-                                .is_some_and(|bs| bs.iter().any(|b| b["id"] == id.as_str()))
+                                .is_some_and(|bs| bs.iter().any(|b| b["id"] == id))
                         })
                         .map(|(name, _)| name.clone())
                         .collect()
@@ -335,8 +434,12 @@ async fn ctl(a: CtlArgs) -> anyhow::Result<()> {
             }
         }
     };
-    let path = format!("/pools/{pool}/backends/{id}/{action}");
-    let body = admin::call(&a.admin, http::Method::POST, &path, token).await?;
+    let path = format!(
+        "/pools/{}/backends/{}/{action}",
+        admin::percent_encode(&pool),
+        admin::percent_encode(id)
+    );
+    let body = admin::call(admin, http::Method::POST, &path, token).await?;
     print!("{body}");
     Ok(())
 }

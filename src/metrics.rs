@@ -266,6 +266,25 @@ impl prometheus_client::collector::Collector for Collector {
                 })
                 .collect(),
         )?;
+        let mut resolutions = Vec::new();
+        for p in &snap.pools {
+            for e in self.app.discovery.view(&p.name) {
+                for (result, n) in crate::discovery::RESULTS.iter().zip(e.counts) {
+                    let labels: Labels<'static> = vec![
+                        ("pool", p.name.to_string().into()),
+                        ("name", e.name.clone().into()),
+                        ("result", (*result).into()),
+                    ];
+                    resolutions.push((labels, n));
+                }
+            }
+        }
+        counter(
+            &mut enc,
+            "discovery_resolutions",
+            "DNS resolutions of discover entries, by result (ok, empty, error).",
+            resolutions,
+        )?;
         Ok(())
     }
 }

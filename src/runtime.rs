@@ -10,17 +10,21 @@ use http::HeaderName;
 
 use crate::affinity::cookie::CookieCodec;
 use crate::affinity::learn::LearnTable;
+use crate::balancer::slow_start;
 use crate::balancer::{Algorithm, Balancer, Member};
 use crate::config::{
     Affinity, Config, HashAlgorithm, HostMatch, LearnConfig, PassiveConfig, PoolConfig, RouteConfig,
 };
-use crate::state::{now_ms, BackendIdentity, BackendShared, PoolShared, Registry, State};
+use crate::state::{now_ms, BackendIdentity, BackendShared, PoolShared, Registry, State, NO_RAMP};
 use crate::tls::{BackendTls, TlsMaterial};
 
 pub struct Snapshot {
     pub config: Arc<Config>,
     /// The https listeners' TLS settings (certificates as loaded with this config).
     pub tls_server: Option<Arc<rustls::ServerConfig>>,
+    /// Backends' TLS settings as loaded with this config, kept so that a change of
+    /// discovered membership rebuilds the snapshot without re-reading files.
+    pub tls_backends: std::collections::HashMap<(String, String), Arc<BackendTls>>,
     pub pools: Vec<Pool>,
     /// Routes sorted most specific first.
     routes: Vec<RouteEntry>,
@@ -56,6 +60,8 @@ pub struct Pool {
     pub learned: Option<Arc<LearnTable>>,
     pub shared: Arc<PoolShared>,
     pub passive: PassiveConfig,
+    /// Slow-start window for backends that become up.
+    pub slow_start: Option<Duration>,
 }
 
 pub struct Backend {
@@ -70,6 +76,8 @@ pub struct Backend {
     pub tls: Option<Arc<BackendTls>>,
     pub token: u64,
     pub shared: Arc<BackendShared>,
+    /// `None`: from the config file; else the `discover` entry (`dns:NAME`) that found it.
+    pub source: Option<Arc<str>>,
 }
 
 impl Snapshot {
@@ -91,6 +99,7 @@ impl Snapshot {
                     address: &b.address,
                     file_state: b.state,
                     active_checks: p.health.is_some(),
+                    vanished: b.discovered.as_ref().is_some_and(|d| d.vanished),
                 });
             }
         }
@@ -134,6 +143,7 @@ impl Snapshot {
         Snapshot {
             config,
             tls_server: tls.server,
+            tls_backends: tls.backends,
             pools,
             routes,
         }
@@ -186,12 +196,20 @@ fn build_pool(
             socket_addr: b.address.parse().ok(),
             weight: b.weight,
             route: b.route.as_str().into(),
-            tls: tls.backends.get(&(p.name.clone(), b.id.clone())).cloned(),
+            // A discovered backend uses its `discover` entry's TLS settings.
+            tls: tls
+                .backends
+                .get(&(
+                    p.name.clone(),
+                    b.discovered.as_ref().map_or(&b.id, |d| &d.source).clone(),
+                ))
+                .cloned(),
             token: cookie.as_ref().map(|c| c.backend_token(&b.id)).unwrap_or(0),
             // `sync` returned one entry per configured backend, in this order.
             shared: shared
                 .next()
                 .unwrap_or_else(|| Arc::new(crate::state::BackendShared::detached())),
+            source: b.discovered.as_ref().map(|d| d.source.as_str().into()),
         })
         .collect();
     let members: Vec<Member<'_>> = backends
@@ -256,6 +274,7 @@ fn build_pool(
         redirect_http: p.redirect_http,
         shared: registry.pool(&p.name),
         passive: p.passive.clone(),
+        slow_start: p.slow_start,
     }
 }
 
@@ -279,6 +298,38 @@ impl Pool {
     /// May this backend receive new sessions? (up: healthy, active)
     pub fn takes_new(&self, i: usize) -> bool {
         self.backends[i].shared.state() == State::Up
+    }
+
+    /// Slow start: the share of its weight backend `i` has earned since it came up (1 when
+    /// the pool has no `slow_start`, or the window is over).
+    pub fn ramp(&self, i: usize) -> f64 {
+        let Some(window) = self.slow_start else {
+            return 1.0;
+        };
+        let shared = &self.backends[i].shared;
+        let since = match shared.up_since_ms() {
+            Some(t) => t,
+            None => {
+                // Not seen up by the slow-start clock yet: start it now.
+                shared.observe_up();
+                match shared.up_since_ms() {
+                    Some(t) => t,
+                    None => return 1.0,
+                }
+            }
+        };
+        if since == NO_RAMP {
+            return 1.0;
+        }
+        slow_start::fraction(now_ms().saturating_sub(since), window.as_millis() as u64)
+    }
+
+    /// May backend `i` take a new session placed by `key`? (up, and admitted by slow start)
+    pub fn takes_new_for(&self, i: usize, key: &[u8]) -> bool {
+        self.takes_new(i) && {
+            let f = self.ramp(i);
+            f >= 1.0 || slow_start::admits(key, &self.backends[i].id, f)
+        }
     }
 
     /// Is this backend draining (and healthy) and still within `drain_timeout`?

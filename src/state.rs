@@ -188,7 +188,17 @@ pub struct BackendShared {
     pub stats: BackendStats,
     /// Idle keep-alive connections to this backend.
     pub conns: ConnPool,
+    /// Discovered backend whose DNS record is gone: draining until removed.
+    vanished: AtomicBool,
+    /// `now_ms()` when the slow-start clock first saw it up; 0 = not up (or not seen yet);
+    /// [`NO_RAMP`] = up without a warm-up window.
+    up_since: AtomicU64,
+    /// Configured when tether started and not seen up yet: no slow start when it first is.
+    initial: AtomicBool,
 }
+
+/// `up_since` of a backend that takes its full weight at once.
+pub const NO_RAMP: u64 = u64::MAX;
 
 impl BackendShared {
     fn new(active_checks: bool) -> Self {
@@ -208,6 +218,9 @@ impl BackendShared {
             checked: AtomicBool::new(active_checks),
             stats: BackendStats::default(),
             conns: ConnPool::new(),
+            vanished: AtomicBool::new(false),
+            up_since: AtomicU64::new(0),
+            initial: AtomicBool::new(false),
         }
     }
 
@@ -248,7 +261,47 @@ impl BackendShared {
             AdminState::Disabled => State::Disabled,
             _ if !self.healthy() => State::Down,
             AdminState::Drain => State::Draining,
+            AdminState::Active if self.is_vanished() => State::Draining,
             AdminState::Active => State::Up,
+        }
+    }
+
+    /// A discovered backend whose record is gone (it drains).
+    pub fn is_vanished(&self) -> bool {
+        self.vanished.load(Ordering::Relaxed)
+    }
+
+    fn set_vanished(&self, v: bool) {
+        if self.vanished.swap(v, Ordering::Relaxed) != v {
+            self.refresh_drain();
+        }
+    }
+
+    /// The slow-start clock: records when this backend is first seen up (restarting each
+    /// time it comes back from down, disabled or draining) and forgets it otherwise.
+    /// Called by a ticker and by `/status`, so the window starts no later than the moment
+    /// `/status` first shows the backend up.
+    pub fn observe_up(&self) {
+        let up = self.state() == State::Up;
+        let since = self.up_since.load(Ordering::Relaxed);
+        if up && since == 0 {
+            let start = if self.initial.swap(false, Ordering::Relaxed) {
+                NO_RAMP
+            } else {
+                now_ms()
+            };
+            self.up_since.store(start, Ordering::Relaxed);
+        } else if !up && since != 0 {
+            self.up_since.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// `now_ms()` when the slow-start clock saw it come up (`NO_RAMP`: at full weight;
+    /// `None`: not up, or not seen up yet).
+    pub fn up_since_ms(&self) -> Option<u64> {
+        match self.up_since.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some(t),
         }
     }
 
@@ -261,7 +314,7 @@ impl BackendShared {
     }
 
     fn refresh_drain(&self) {
-        if self.admin_state() == AdminState::Drain {
+        if self.admin_state() == AdminState::Drain || self.is_vanished() {
             let _ = self.drain_started.compare_exchange(
                 0,
                 now_ms(),
@@ -366,6 +419,9 @@ pub struct Registry {
     backends: Mutex<HashMap<BackendKey, Arc<BackendShared>, ahash::RandomState>>,
     pools: Mutex<HashMap<String, Arc<PoolShared>, ahash::RandomState>>,
     learned: Mutex<HashMap<String, (LearnConfig, Arc<LearnTable>), ahash::RandomState>>,
+    /// Set once the first backends have had their chance to come up (no slow start for
+    /// them); backends created before it are `initial`.
+    started: AtomicBool,
 }
 
 /// A backend as the snapshot builder names it.
@@ -375,6 +431,8 @@ pub struct BackendIdentity<'a> {
     pub address: &'a str,
     pub file_state: AdminState,
     pub active_checks: bool,
+    /// A discovered backend whose record is gone.
+    pub vanished: bool,
 }
 
 impl Registry {
@@ -393,10 +451,16 @@ impl Registry {
             };
             let shared = map
                 .entry(key.clone())
-                .or_insert_with(|| Arc::new(BackendShared::new(w.active_checks)))
+                .or_insert_with(|| {
+                    let s = BackendShared::new(w.active_checks);
+                    s.initial
+                        .store(!self.started.load(Ordering::Relaxed), Ordering::Relaxed);
+                    Arc::new(s)
+                })
                 .clone();
             shared.set_file_state(w.file_state);
             shared.set_active_checks(w.active_checks);
+            shared.set_vanished(w.vanished);
             keep.insert(key);
             out.push(shared);
         }
@@ -429,6 +493,17 @@ impl Registry {
         map.retain(|k, _| pools.contains(&k.as_str()));
     }
 
+    /// Startup is over: backends that come up from now on get slow start.
+    pub fn end_startup(&self) {
+        if self.started.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let map = self.backends.lock().unwrap_or_else(|e| e.into_inner());
+        for b in map.values() {
+            b.initial.store(false, Ordering::Relaxed);
+        }
+    }
+
     pub fn pool(&self, name: &str) -> Arc<PoolShared> {
         let mut map = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         map.entry(name.to_string()).or_default().clone()
@@ -446,6 +521,7 @@ mod tests {
             address,
             file_state,
             active_checks: false,
+            vanished: false,
         }
     }
 

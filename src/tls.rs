@@ -74,8 +74,14 @@ pub fn load(config: &Config, base: &Path) -> Result<TlsMaterial, Vec<Diagnostic>
     }
     let mut system_roots: Option<Arc<RootCertStore>> = None;
     for p in &config.pools {
-        for b in &p.backends {
-            let Some(bt) = &b.tls else { continue };
+        // File backends by id; discovered ones share their `discover` entry's settings.
+        let file = p.backends.iter().filter(|b| b.discovered.is_none());
+        let file = file.filter_map(|b| Some((&b.id, b.tls.as_ref()?)));
+        let found = p
+            .discover
+            .iter()
+            .filter_map(|d| Some((&d.name, d.tls.as_ref()?)));
+        for (id, bt) in file.chain(found) {
             let roots = match &bt.ca {
                 Some(ca) => match ca_roots(ca, base) {
                     Ok(r) => Arc::new(r),
@@ -92,15 +98,14 @@ pub fn load(config: &Config, base: &Path) -> Result<TlsMaterial, Vec<Diagnostic>
                 Ok(n) => n,
                 Err(_) => {
                     errors.push(Diagnostic {
-                        file: b
-                            .tls
+                        file: bt
+                            .ca
                             .as_ref()
-                            .and_then(|t| t.ca.as_ref())
                             .map(|c| c.at.file.clone())
                             .unwrap_or_default(),
                         line: 0,
                         col: 0,
-                        path: format!("pools.{}.backends.{}.server_name", p.name, b.id),
+                        path: format!("pools.{}.backends.{}.server_name", p.name, id),
                         message: format!("{:?} is not a valid TLS server name", bt.server_name),
                     });
                     continue;
@@ -117,7 +122,7 @@ pub fn load(config: &Config, base: &Path) -> Result<TlsMaterial, Vec<Diagnostic>
                 Err(_) => continue,
             };
             m.backends.insert(
-                (p.name.clone(), b.id.clone()),
+                (p.name.clone(), id.clone()),
                 Arc::new(BackendTls { config, name }),
             );
         }

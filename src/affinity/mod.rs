@@ -283,14 +283,22 @@ pub fn place(pool: &Pool, key: &[u8], exclude: &[usize]) -> Option<usize> {
             .count();
         Bound::new(f, pool.total_in_flight(), eligible)
     });
-    pick_bounded(
-        pool.balancer
-            .candidates(key)
-            .filter(|i| !exclude.contains(i)),
-        |i| pool.takes_new(i),
-        |i| pool.backends[i].shared.in_flight(),
-        bound,
-    )
+    let pick = |eligible: &dyn Fn(usize) -> bool| {
+        pick_bounded(
+            pool.balancer
+                .candidates(key)
+                .filter(|i| !exclude.contains(i)),
+            eligible,
+            |i| pool.backends[i].shared.in_flight(),
+            bound,
+        )
+    };
+    if pool.slow_start.is_none() {
+        return pick(&|i| pool.takes_new(i));
+    }
+    // Slow start admits a rising share of keys to a backend that just came up; if every
+    // candidate is still warming up, one of them takes the session anyway.
+    pick(&|i| pool.takes_new_for(i, key)).or_else(|| pick(&|i| pool.takes_new(i)))
 }
 
 /// `none` affinity: the backend with the fewest in-flight requests, ties rotating.
@@ -300,10 +308,18 @@ pub fn least_in_flight(pool: &Pool, exclude: &[usize]) -> Option<usize> {
         return None;
     }
     let start = pool.shared.rotor.fetch_add(1, Ordering::Relaxed) % n;
-    (0..n)
-        .map(|k| (start + k) % n)
-        .filter(|i| pool.takes_new(*i) && !exclude.contains(i))
-        .min_by_key(|&i| pool.backends[i].shared.in_flight())
+    let pick = |ramped: bool| {
+        (0..n)
+            .map(|k| (start + k) % n)
+            .filter(|i| pool.takes_new(*i) && !exclude.contains(i))
+            // Slow start: a warming backend is a candidate with the probability it has earned.
+            .filter(|&i| !ramped || fastrand::f64() < pool.ramp(i))
+            .min_by_key(|&i| pool.backends[i].shared.in_flight())
+    };
+    if pool.slow_start.is_none() {
+        return pick(false);
+    }
+    pick(true).or_else(|| pick(false))
 }
 
 /// The next backend after a connect failure, never one already tried. In cookie mode the

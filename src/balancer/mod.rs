@@ -7,6 +7,7 @@
 pub mod hash;
 pub mod ketama;
 pub mod maglev;
+pub mod slow_start;
 
 pub use ketama::Ketama;
 pub use maglev::Maglev;

@@ -1,5 +1,6 @@
 //! The config file: TOML text → validated, typed [`Config`]; pure (no I/O but reading the file).
 
+mod discover;
 mod parse;
 mod pool;
 mod reader;
@@ -261,7 +262,55 @@ pub struct PoolConfig {
     /// Active checks; `None` = none (backends are up unless passive checks say otherwise).
     pub health: Option<HealthConfig>,
     pub passive: PassiveConfig,
+    /// Backends from the file, then (in a running instance's snapshot) discovered ones.
     pub backends: Vec<BackendConfig>,
+    /// `[[pools.NAME.discover]]` entries.
+    pub discover: Vec<DiscoverConfig>,
+    /// New sessions reach a backend that just became up with a weight rising over this.
+    pub slow_start: Option<Duration>,
+}
+
+/// `[[pools.NAME.discover]]`: backends from DNS.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiscoverConfig {
+    /// `dns:NAME`: the `source` of the backends it yields.
+    pub name: String,
+    pub query: DiscoverQuery,
+    pub interval: Duration,
+    /// How long an empty answer (or NXDOMAIN) must persist before it empties the set.
+    pub hold: Duration,
+    /// Name servers to ask; `None` = the system's resolv.conf.
+    pub resolver: Option<Vec<SocketAddr>>,
+    /// Weight of A/AAAA backends (SRV records carry their own).
+    pub weight: u32,
+    /// HTTPS to the discovered backends.
+    pub tls: Option<BackendTls>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiscoverQuery {
+    /// A/AAAA: every address is a backend on `port`.
+    Host { name: String, port: u16 },
+    /// SRV: target, port and weight from the lowest-priority records.
+    Srv { name: String },
+}
+
+impl DiscoverQuery {
+    /// The name asked for (lower case, no final dot).
+    pub fn name(&self) -> &str {
+        match self {
+            DiscoverQuery::Host { name, .. } | DiscoverQuery::Srv { name } => name,
+        }
+    }
+}
+
+/// Where a backend of a running snapshot came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discovered {
+    /// The `discover` entry's name (`dns:NAME`).
+    pub source: String,
+    /// Its record is gone: it drains until `drain_timeout` or until it is down.
+    pub vanished: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -389,6 +438,8 @@ pub struct BackendConfig {
     pub state: AdminState,
     /// HTTPS to this backend (`tls = true`, or an `https://` address).
     pub tls: Option<BackendTls>,
+    /// `None`: written in the file; else found by a `discover` entry.
+    pub discovered: Option<Discovered>,
 }
 
 /// How to reach a backend over TLS.

@@ -135,6 +135,8 @@ fn read_pool(r: &mut Reader, t: &dyn TableLike, name: &str, path: &str) -> Optio
             "health",
             "passive",
             "backends",
+            "discover",
+            "slow_start",
         ],
     );
     let affinity = r
@@ -241,7 +243,9 @@ fn read_pool(r: &mut Reader, t: &dyn TableLike, name: &str, path: &str) -> Optio
         .table(t, path, "passive")
         .map(|p| read_passive(r, p, &join(path, "passive")))
         .unwrap_or_default();
-    let backends = read_backends(r, t, path);
+    let discover = super::discover::read_discover(r, t, path);
+    let slow_start = super::discover::read_slow_start(r, t, path);
+    let backends = read_backends(r, t, path, !discover.is_empty());
     if backends.len() as u64 > u64::from(table_size) {
         r.error_at(
             Reader::span_of(t, "table_size"),
@@ -264,6 +268,8 @@ fn read_pool(r: &mut Reader, t: &dyn TableLike, name: &str, path: &str) -> Optio
         health,
         passive,
         backends,
+        discover,
+        slow_start,
     })
 }
 
@@ -428,14 +434,19 @@ fn read_cookie(r: &mut Reader, t: &dyn TableLike, path: &str) -> CookieConfig {
     c
 }
 
-fn read_backends(r: &mut Reader, pool: &dyn TableLike, pool_path: &str) -> Vec<BackendConfig> {
+fn read_backends(
+    r: &mut Reader,
+    pool: &dyn TableLike,
+    pool_path: &str,
+    discovers: bool,
+) -> Vec<BackendConfig> {
     let mut out: Vec<BackendConfig> = Vec::new();
     let entries = r.tables(pool, pool_path, "backends");
-    if entries.is_empty() && pool.get("backends").is_none() {
+    if entries.is_empty() && pool.get("backends").is_none() && !discovers {
         r.error_at(
             None,
             &join(pool_path, "backends"),
-            "a pool needs at least one [[backends]] entry",
+            "a pool needs at least one [[backends]] or [[discover]] entry",
         );
     }
     let mut ids = HashSet::new();
@@ -545,6 +556,7 @@ fn read_backends(r: &mut Reader, pool: &dyn TableLike, pool_path: &str) -> Vec<B
             route,
             state,
             tls,
+            discovered: None,
         });
     }
     out
