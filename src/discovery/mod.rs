@@ -226,7 +226,6 @@ impl Discovery {
                 e.last_error = Some(msg);
             }
         }
-        e.resolved_once = true;
         // Vanished members leave once their drain is over.
         let p = snap
             .as_ref()
@@ -284,7 +283,8 @@ impl Discovery {
         v
     }
 
-    /// Waits until every entry has been resolved once (whatever the result), at most `limit`.
+    /// Waits until every entry has been resolved once (whatever the result) and the
+    /// snapshot holds what it found, at most `limit`.
     pub async fn first_resolutions(&self, limit: Duration) {
         let deadline = tokio::time::Instant::now() + limit;
         while tokio::time::Instant::now() < deadline {
@@ -352,6 +352,10 @@ async fn run(discovery: Weak<Discovery>, pool: String, cfg: DiscoverConfig) {
         let Some(d) = discovery.upgrade() else { return };
         if d.apply(&pool, &cfg.name, result) {
             d.changed();
+        }
+        // Only now: the snapshot holds what this resolution found.
+        if let Some(e) = d.lock().get_mut(&(pool.clone(), cfg.name.clone())) {
+            e.resolved_once = true;
         }
         drop(d);
         tokio::time::sleep(cfg.interval).await;
