@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use toml_edit::TableLike;
 
-use super::parse::file_ref;
 use super::reader::{as_bool, as_duration, as_int, as_list, as_str, join, Reader};
-use super::{BackendTls, DiscoverConfig, DiscoverQuery};
+use super::{BackendTls, DiscoverConfig, DiscoverQuery, FileRef};
 
 /// Re-resolution may not be more frequent than this.
 const MIN_INTERVAL: Duration = Duration::from_secs(1);
@@ -104,7 +103,20 @@ pub(super) fn read_discover(
             );
         }
         let tls_flag = r.opt(t, &path, "tls", as_bool).unwrap_or(false);
-        let ca = file_ref(r, t, &path, "ca");
+        let ca = r
+            .opt(t, &path, "ca", |v| {
+                as_str(v).and_then(|s| {
+                    if s.is_empty() {
+                        Err("must not be empty".to_string())
+                    } else {
+                        Ok(s)
+                    }
+                })
+            })
+            .map(|p| FileRef {
+                path: p,
+                at: r.location(t, &path, "ca"),
+            });
         let server_name = r.opt(t, &path, "server_name", as_str);
         if !tls_flag && (ca.is_some() || server_name.is_some()) {
             r.error_at(
