@@ -593,3 +593,47 @@ async fn in_ip_mode_each_key_comes_back_once() {
         "keys should come back gradually, {returned_midway} did"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_discovered_backend_is_health_checked_before_it_gets_sessions_then_slow_started() {
+    let (b1, b2, _b3) = three().await;
+    // b2 fails its checks at first.
+    b2.health_mode.store(1, std::sync::atomic::Ordering::Relaxed);
+    let table = Arc::new(Table::default());
+    let srv = |b: &Backend, t: &str| SrvRecord {
+        priority: 0,
+        weight: 1,
+        port: b.addr.port(),
+        target: t.into(),
+    };
+    table.set_srv("_h._tcp.test", vec![srv(&b1, "one.test")]);
+    table.set_ips("one.test", &["127.0.0.1"]);
+    table.set_ips("two.test", &["127.0.0.1"]);
+    let config = format!(
+        "{BASE}[pools.app]\nslow_start = \"2s\"\n[pools.app.health]\npath = \"/health\"\ninterval = \"100ms\"\nrise = 2\nfall = 1\n[[pools.app.discover]]\nsrv = \"_h._tcp.test\"\ninterval = \"1s\"\n"
+    );
+    let r = start(&config, &table, None).await;
+    let two = format!("two.test:{}", b2.addr.port());
+    until(Duration::from_secs(3), "one.test up", || {
+        states(&r).values().any(|s| s.0 == "up")
+    })
+    .await;
+    table.set_srv("_h._tcp.test", vec![srv(&b1, "one.test"), srv(&b2, "two.test")]);
+    until(Duration::from_secs(4), "two.test discovered", || {
+        states(&r).contains_key(&two)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(states(&r)[&two].0, "down", "failing checks: no sessions");
+    let ips: Vec<String> = (0..100).map(|i| format!("10.40.0.{}", i + 1)).collect();
+    assert!(place_all(r.proxy, &ips).await.iter().all(|b| b == "b1"));
+    // Checks pass: up, and its share of new sessions starts near zero.
+    b2.health_mode.store(0, std::sync::atomic::Ordering::Relaxed);
+    until(Duration::from_secs(3), "two.test up", || states(&r)[&two].0 == "up").await;
+    let early = place_all(r.proxy, &ips).await;
+    let early = early.iter().filter(|b| *b == "b2").count();
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let late = place_all(r.proxy, &ips).await;
+    let late = late.iter().filter(|b| *b == "b2").count();
+    assert!(early < 25 && late > early + 15, "b2 took {early} then {late} of 100");
+}
