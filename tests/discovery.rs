@@ -598,7 +598,8 @@ async fn in_ip_mode_each_key_comes_back_once() {
 async fn a_discovered_backend_is_health_checked_before_it_gets_sessions_then_slow_started() {
     let (b1, b2, _b3) = three().await;
     // b2 fails its checks at first.
-    b2.health_mode.store(1, std::sync::atomic::Ordering::Relaxed);
+    b2.health_mode
+        .store(1, std::sync::atomic::Ordering::Relaxed);
     let table = Arc::new(Table::default());
     let srv = |b: &Backend, t: &str| SrvRecord {
         priority: 0,
@@ -618,7 +619,10 @@ async fn a_discovered_backend_is_health_checked_before_it_gets_sessions_then_slo
         states(&r).values().any(|s| s.0 == "up")
     })
     .await;
-    table.set_srv("_h._tcp.test", vec![srv(&b1, "one.test"), srv(&b2, "two.test")]);
+    table.set_srv(
+        "_h._tcp.test",
+        vec![srv(&b1, "one.test"), srv(&b2, "two.test")],
+    );
     until(Duration::from_secs(4), "two.test discovered", || {
         states(&r).contains_key(&two)
     })
@@ -628,12 +632,19 @@ async fn a_discovered_backend_is_health_checked_before_it_gets_sessions_then_slo
     let ips: Vec<String> = (0..100).map(|i| format!("10.40.0.{}", i + 1)).collect();
     assert!(place_all(r.proxy, &ips).await.iter().all(|b| b == "b1"));
     // Checks pass: up, and its share of new sessions starts near zero.
-    b2.health_mode.store(0, std::sync::atomic::Ordering::Relaxed);
-    until(Duration::from_secs(3), "two.test up", || states(&r)[&two].0 == "up").await;
+    b2.health_mode
+        .store(0, std::sync::atomic::Ordering::Relaxed);
+    until(Duration::from_secs(3), "two.test up", || {
+        states(&r)[&two].0 == "up"
+    })
+    .await;
     let early = place_all(r.proxy, &ips).await;
     let early = early.iter().filter(|b| *b == "b2").count();
     tokio::time::sleep(Duration::from_millis(2200)).await;
     let late = place_all(r.proxy, &ips).await;
     let late = late.iter().filter(|b| *b == "b2").count();
-    assert!(early < 25 && late > early + 15, "b2 took {early} then {late} of 100");
+    assert!(
+        early < 25 && late > early + 15,
+        "b2 took {early} then {late} of 100"
+    );
 }
