@@ -588,6 +588,71 @@ mod tests {
     }
 
     #[test]
+    fn a_vanished_backend_drains_and_comes_back_to_its_earlier_state() {
+        let r = Registry::default();
+        let gone = |v| BackendIdentity {
+            vanished: v,
+            ..ident("a", "x:1", AdminState::Active)
+        };
+        let s = r.sync(&[gone(false)]);
+        assert_eq!(s[0].state(), State::Up);
+        let s = r.sync(&[gone(true)]);
+        assert_eq!(s[0].state(), State::Draining);
+        let t0 = s[0].drain_started_ms().expect("drain clock started");
+        std::thread::sleep(Duration::from_millis(3));
+        assert_eq!(r.sync(&[gone(true)])[0].drain_started_ms(), Some(t0));
+        let s = r.sync(&[gone(false)]);
+        assert_eq!(s[0].state(), State::Up);
+        assert_eq!(s[0].drain_started_ms(), None);
+        // An operator's disable outlives a vanish and a return.
+        s[0].set_admin(Some(AdminState::Disabled));
+        r.sync(&[gone(true)]);
+        let s = r.sync(&[gone(false)]);
+        assert_eq!(s[0].state(), State::Disabled);
+        // An operator's drain too, with its own start time.
+        s[0].set_admin(Some(AdminState::Drain));
+        let t1 = s[0].drain_started_ms().unwrap();
+        r.sync(&[gone(true)]);
+        let s = r.sync(&[gone(false)]);
+        assert_eq!(s[0].state(), State::Draining);
+        assert_eq!(s[0].drain_started_ms(), Some(t1));
+    }
+
+    #[test]
+    fn the_slow_start_clock_restarts_on_each_return_and_spares_startup_backends() {
+        let r = Registry::default();
+        let s = r.sync(&[ident("boot", "x:1", AdminState::Active)]);
+        s[0].observe_up();
+        assert_eq!(
+            s[0].up_since_ms(),
+            Some(NO_RAMP),
+            "up at startup: no warm-up"
+        );
+        r.end_startup();
+        let s = r.sync(&[
+            ident("boot", "x:1", AdminState::Active),
+            ident("new", "x:2", AdminState::Active),
+        ]);
+        s[1].observe_up();
+        let first = s[1].up_since_ms().expect("seen up");
+        assert_ne!(first, NO_RAMP, "added later: warms up");
+        // Disabled: the clock stops; enabled again: it restarts.
+        s[1].set_admin(Some(AdminState::Disabled));
+        s[1].observe_up();
+        assert_eq!(s[1].up_since_ms(), None);
+        std::thread::sleep(Duration::from_millis(3));
+        s[1].set_admin(None);
+        s[1].observe_up();
+        assert!(s[1].up_since_ms().unwrap() > first);
+        // The startup backend, back from down, warms up too.
+        s[0].set_admin(Some(AdminState::Disabled));
+        s[0].observe_up();
+        s[0].set_admin(None);
+        s[0].observe_up();
+        assert_ne!(s[0].up_since_ms(), Some(NO_RAMP));
+    }
+
+    #[test]
     fn passive_failures_mark_down_for_fail_timeout() {
         let s = BackendShared::new(false);
         assert!(!s.note_connect_failure(2, Duration::from_millis(50)));

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig};
 use hickory_resolver::name_server::TokioConnectionProvider;
+use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::xfer::Protocol;
+use hickory_resolver::proto::ProtoErrorKind;
 use hickory_resolver::{ResolveError, TokioResolver};
 
 use crate::config::{DiscoverConfig, DiscoverQuery};
@@ -90,12 +92,17 @@ impl Hickory {
     }
 }
 
+/// NXDOMAIN and NODATA are an empty answer; everything else (SERVFAIL and REFUSED, which
+/// hickory also reports as "no records", timeouts, I/O) is a failure.
 fn classify(e: ResolveError) -> LookupError {
-    if e.is_no_records_found() || e.is_nx_domain() {
-        LookupError::Empty
-    } else {
-        LookupError::Failed(e.to_string())
+    if let Some(ProtoErrorKind::NoRecordsFound { response_code, .. }) = e.proto().map(|p| p.kind())
+    {
+        return match *response_code {
+            ResponseCode::NoError | ResponseCode::NXDomain => LookupError::Empty,
+            code => LookupError::Failed(format!("the name server answered {code}")),
+        };
     }
+    LookupError::Failed(e.to_string())
 }
 
 impl Lookup for Hickory {
