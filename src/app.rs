@@ -55,6 +55,9 @@ pub struct App {
     pub discovery: Arc<Discovery>,
     /// Serializes snapshot builds (reloads and discovery changes), so none is lost.
     install_lock: Mutex<()>,
+    /// Serializes whole reloads (read, validate, install, remember the text), so a watcher
+    /// event racing a requested reload of the same text sees it loaded and skips it.
+    pub(crate) reload_lock: Mutex<()>,
 }
 
 /// How often the slow-start clock looks at backend states.
@@ -100,6 +103,7 @@ impl App {
             tunnels: Arc::new(AtomicU64::new(0)),
             discovery: Arc::new(Discovery::new(lookup)),
             install_lock: Mutex::new(()),
+            reload_lock: Mutex::new(()),
         };
         app.health.reconcile(&app.snapshot());
         let app = Arc::new(app);

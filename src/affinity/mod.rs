@@ -283,22 +283,30 @@ pub fn place(pool: &Pool, key: &[u8], exclude: &[usize]) -> Option<usize> {
             .count();
         Bound::new(f, pool.total_in_flight(), eligible)
     });
-    let pick = |eligible: &dyn Fn(usize) -> bool| {
-        pick_bounded(
-            pool.balancer
-                .candidates(key)
-                .filter(|i| !exclude.contains(i)),
-            eligible,
-            |i| pool.backends[i].shared.in_flight(),
-            bound,
-        )
-    };
     if pool.slow_start.is_none() {
-        return pick(&|i| pool.takes_new(i));
+        return pick(pool, key, exclude, bound, |i| pool.takes_new(i));
     }
     // Slow start admits a rising share of keys to a backend that just came up; if every
     // candidate is still warming up, one of them takes the session anyway.
-    pick(&|i| pool.takes_new_for(i, key)).or_else(|| pick(&|i| pool.takes_new(i)))
+    pick(pool, key, exclude, bound, |i| pool.takes_new_for(i, key))
+        .or_else(|| pick(pool, key, exclude, bound, |i| pool.takes_new(i)))
+}
+
+fn pick(
+    pool: &Pool,
+    key: &[u8],
+    exclude: &[usize],
+    bound: Option<Bound>,
+    eligible: impl Fn(usize) -> bool,
+) -> Option<usize> {
+    pick_bounded(
+        pool.balancer
+            .candidates(key)
+            .filter(|i| !exclude.contains(i)),
+        eligible,
+        |i| pool.backends[i].shared.in_flight(),
+        bound,
+    )
 }
 
 /// `none` affinity: the backend with the fewest in-flight requests, ties rotating.
