@@ -65,11 +65,17 @@ def port_free_on_all(hosts):
 
 
 def udp_free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, socket.socket() as t:
-        u.bind(("127.0.0.1", 0))
-        port = u.getsockname()[1]
-        t.bind(("127.0.0.1", port))
-        return port
+    """A port free for both UDP and TCP on 127.0.0.1 (dnsmasq listens on both)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, socket.socket() as t:
+            u.bind(("127.0.0.1", 0))
+            port = u.getsockname()[1]
+            try:
+                t.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free UDP+TCP port")
 
 
 def wait_port(port, timeout=30.0):
@@ -339,7 +345,7 @@ resolver = ["127.0.0.1:{dns_port}"]
         while time.time() - t0 < 12:
             k += 1
             start_t = time.time() - t0
-            share, _ = new_share(proxy, f"10.{20 + k}", 200, "n4")
+            share, _ = new_share(proxy, f"10.{20 + k % 200}", 200, "n4")
             mid = (start_t + time.time() - t0) / 2
             shares.append((round(mid, 1), round(share, 3)))
         print(f"      slow start: (seconds since n4 up, share of 200 new sessions on n4) "
@@ -441,4 +447,13 @@ resolver = ["127.0.0.1:{dns_port}"]
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        code = main()
+    except Exception as e:  # setup failed (a server would not start): report, clean up
+        print(f"FAIL  setup: {e!r}\nlogs kept in {WORK}", flush=True)
+        code = 1
+    finally:
+        for p in PROCS:
+            if p.poll() is None:
+                kill(p)
+    sys.exit(code)
