@@ -3,10 +3,11 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
+use parking_lot::Mutex;
 
 use crate::access_log::AccessLogger;
 use crate::config::{Config, Diagnostic};
@@ -165,7 +166,7 @@ impl App {
     /// Builds a snapshot of `config` (keeping long-lived state by identity), swaps it in and
     /// brings health checks in line with it.
     pub fn install(&self, config: Config, tls: TlsMaterial) {
-        let _building = self.install_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _building = self.install_lock.lock();
         self.discovery.reconcile(&config);
         let config = self.discovery.merge(&config);
         let current = self.snapshot();
@@ -186,7 +187,7 @@ impl App {
     /// Discovered membership changed: rebuild the snapshot from the current config (the
     /// reload path's build, so state is kept by identity), without counting a reload.
     pub fn refresh_membership(&self) {
-        let _building = self.install_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _building = self.install_lock.lock();
         let current = self.snapshot();
         let config = self.discovery.merge(&current.config);
         let tls = TlsMaterial {
@@ -215,13 +216,13 @@ impl App {
         self.registry.end_startup();
     }
 
-    pub fn meta(&self) -> std::sync::MutexGuard<'_, ConfigMeta> {
-        self.meta.lock().unwrap_or_else(|e| e.into_inner())
+    pub fn meta(&self) -> parking_lot::MutexGuard<'_, ConfigMeta> {
+        self.meta.lock()
     }
 
     /// The open-connections gauge of a listener, registered on first use.
     pub fn listener_gauge(&self, listener: &str) -> Arc<AtomicU64> {
-        let mut l = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        let mut l = self.connections.lock();
         if let Some((_, g)) = l.iter().find(|(name, _)| name == listener) {
             return g.clone();
         }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, Request, Response};
@@ -11,6 +11,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use parking_lot::Mutex;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
@@ -57,8 +58,7 @@ fn answer(
         None => (format!("{:08x}", fastrand::u32(..)), true),
     };
     let count = {
-        // The demo map is only touched here; a poisoned lock still holds valid counts.
-        let mut v = visits.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v = visits.lock();
         let c = v.entry(session.clone()).or_insert(0);
         *c += 1;
         *c

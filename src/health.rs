@@ -3,9 +3,10 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
@@ -33,7 +34,7 @@ pub struct Checker {
 
 impl Drop for Checker {
     fn drop(&mut self) {
-        let tasks = self.tasks.get_mut().unwrap_or_else(|e| e.into_inner());
+        let tasks = self.tasks.get_mut();
         for (_, (_, t)) in tasks.drain() {
             t.abort();
         }
@@ -44,7 +45,7 @@ impl Checker {
     /// Starts checks for new backends (or changed check settings) and stops checks of
     /// backends no longer configured. Must run inside a tokio runtime.
     pub fn reconcile(&self, snap: &Snapshot) {
-        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        let mut tasks = self.tasks.lock();
         let mut wanted = HashMap::new();
         for (pool, pcfg) in snap.pools.iter().zip(&snap.config.pools) {
             let Some(h) = &pcfg.health else { continue };
@@ -80,7 +81,7 @@ impl Checker {
 
     /// Number of running checker tasks.
     pub fn len(&self) -> usize {
-        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.tasks.lock().len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -246,12 +246,7 @@ impl prometheus_client::collector::Collector for Collector {
                 ),
             ],
         )?;
-        let conns = self
-            .app
-            .connections
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let conns = self.app.connections.lock().clone();
         gauge(
             &mut enc,
             "connections_active",

@@ -50,7 +50,7 @@ pub enum Trigger {
 /// (`None` when a watcher event found the text unchanged).
 pub fn reload(app: &App, trigger: Trigger) -> Result<Option<u64>, ReloadError> {
     let path = app.meta().path.clone().ok_or(ReloadError::NoFile)?;
-    let _one_at_a_time = app.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
+    let _one_at_a_time = app.reload_lock.lock();
     let result = read_and_apply(app, &path, trigger);
     match &result {
         Ok(Some(generation)) => {

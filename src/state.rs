@@ -3,8 +3,10 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
 
 use crate::affinity::learn::LearnTable;
 use crate::config::{AdminState, LearnConfig};
@@ -439,8 +441,7 @@ impl Registry {
     /// The shared state of each backend in the new config (existing entries reused, new ones
     /// created), and the state of backends no longer configured dropped.
     pub fn sync(&self, wanted: &[BackendIdentity<'_>]) -> Vec<Arc<BackendShared>> {
-        // A poisoned lock only means another builder panicked; the map itself is still valid.
-        let mut map = self.backends.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.backends.lock();
         let mut out = Vec::with_capacity(wanted.len());
         let mut keep = std::collections::HashSet::with_capacity(wanted.len());
         for w in wanted {
@@ -472,7 +473,7 @@ impl Registry {
     /// the same (changed settings start a fresh table). Tables of pools that no longer use
     /// learn affinity are dropped by [`Registry::retain_learned`].
     pub fn learn_table(&self, pool: &str, cfg: &LearnConfig) -> Arc<LearnTable> {
-        let mut map = self.learned.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.learned.lock();
         if let Some((c, t)) = map.get(pool) {
             if c == cfg {
                 return t.clone();
@@ -489,7 +490,7 @@ impl Registry {
     }
 
     pub fn retain_learned(&self, pools: &[&str]) {
-        let mut map = self.learned.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.learned.lock();
         map.retain(|k, _| pools.contains(&k.as_str()));
     }
 
@@ -498,14 +499,14 @@ impl Registry {
         if self.started.swap(true, Ordering::Relaxed) {
             return;
         }
-        let map = self.backends.lock().unwrap_or_else(|e| e.into_inner());
+        let map = self.backends.lock();
         for b in map.values() {
             b.initial.store(false, Ordering::Relaxed);
         }
     }
 
     pub fn pool(&self, name: &str) -> Arc<PoolShared> {
-        let mut map = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.pools.lock();
         map.entry(name.to_string()).or_default().clone()
     }
 }
@@ -549,6 +550,7 @@ mod tests {
         let r = Registry::default();
         let s = r.sync(&[ident("a", "x:1", AdminState::Drain)]);
         let t0 = s[0].drain_started_ms().expect("draining");
+        #[allow(clippy::disallowed_methods)] // a plain #[test]: no runtime to stall
         std::thread::sleep(Duration::from_millis(5));
         let s = r.sync(&[ident("a", "x:1", AdminState::Drain)]);
         assert_eq!(s[0].drain_started_ms(), Some(t0));
@@ -599,6 +601,7 @@ mod tests {
         let s = r.sync(&[gone(true)]);
         assert_eq!(s[0].state(), State::Draining);
         let t0 = s[0].drain_started_ms().expect("drain clock started");
+        #[allow(clippy::disallowed_methods)] // a plain #[test]: no runtime to stall
         std::thread::sleep(Duration::from_millis(3));
         assert_eq!(r.sync(&[gone(true)])[0].drain_started_ms(), Some(t0));
         let s = r.sync(&[gone(false)]);
@@ -640,6 +643,7 @@ mod tests {
         s[1].set_admin(Some(AdminState::Disabled));
         s[1].observe_up();
         assert_eq!(s[1].up_since_ms(), None);
+        #[allow(clippy::disallowed_methods)] // a plain #[test]: no runtime to stall
         std::thread::sleep(Duration::from_millis(3));
         s[1].set_admin(None);
         s[1].observe_up();
@@ -660,6 +664,7 @@ mod tests {
         assert!(!s.note_connect_failure(2, Duration::from_millis(50)));
         assert!(s.note_connect_failure(2, Duration::from_millis(50)));
         assert_eq!(s.state(), State::Down);
+        #[allow(clippy::disallowed_methods)] // a plain #[test]: no runtime to stall
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(s.state(), State::Up, "tried again after fail_timeout");
     }

@@ -1,5 +1,7 @@
 //! Selection properties: minimal disruption, balance, weights, health applied at lookup,
 //! a golden file pinning mappings, and bit-for-bit nginx compatibility of ketama.
+// Test code: a panic on a setup failure is how a test fails (see [lints] in Cargo.toml).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
 

@@ -1,4 +1,6 @@
 //! The command line: `check` exit codes and messages, `explain` answers.
+// Test code: a panic on a setup failure is how a test fails (see [lints] in Cargo.toml).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
 

@@ -1,6 +1,8 @@
 //! Dynamic pools in-process: backends from DNS (answered by a table standing in for the
 //! resolver), draining on vanish, failures that change nothing, reloads, slow start, and the
 //! drain-done signal. The real-DNS version of these checks is tests/e2e/e2e_dns.py.
+// Test code: a panic on a setup failure is how a test fails (see [lints] in Cargo.toml).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -1,6 +1,8 @@
 //! The hickory-resolver path against a small DNS server on 127.0.0.1 (UDP): A and SRV
 //! answers become backends, NXDOMAIN is "empty", SERVFAIL and a dead server are errors; and
 //! `tether check` resolves once and prints, with a failure only a warning.
+// Test code: a panic on a setup failure is how a test fails (see [lints] in Cargo.toml).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,5 +1,7 @@
 //! Replays the fuzzing seed corpus (and any crash inputs kept as regressions) through the
 //! same entry points the fuzzers use, so CI catches regressions without cargo-fuzz.
+// Test code: a panic on a setup failure is how a test fails (see [lints] in Cargo.toml).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
 

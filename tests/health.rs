@@ -1,5 +1,7 @@
 //! Health, drain and failover end to end, with the admin API and metrics: what happens to
 //! sessions when backends crash, drain, flap or are disabled.
+// Test code: a panic on a setup failure is how a test fails (see [lints] in Cargo.toml).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

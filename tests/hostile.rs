@@ -1,5 +1,7 @@
 //! Hostile clients and backends: slow or malformed requests, smuggling attempts, clients
 //! that vanish, backends that stall, truncate, babble or flood; plus shutdown under load.
+// Test code: a panic on a setup failure is how a test fails (see [lints] in Cargo.toml).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -1,6 +1,8 @@
 //! `examples/kubernetes/`: every YAML document parses and names its kind; the ConfigMap's
 //! tether.toml is a valid config; the app's preStop hook drains then waits, and the three
 //! clocks are in the order the README asks for (--timeout < grace period <= drain_timeout).
+// Test code: a panic on a setup failure is how a test fails (see [lints] in Cargo.toml).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
 use std::time::Duration;

@@ -1,5 +1,7 @@
 //! Protocol behaviour through the proxy: h2c, WebSocket, streaming bodies with flat memory,
 //! server-sent events, host routing, error statuses, retries, header limits.
+// Test code: a panic on a setup failure is how a test fails (see [lints] in Cargo.toml).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -1,5 +1,7 @@
 //! Hot reload: no request fails while the config is swapped under load, edits move only the
 //! keys they must, bad files change nothing, and the watcher sees editors' saves.
+// Test code: a panic on a setup failure is how a test fails (see [lints] in Cargo.toml).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -1,4 +1,6 @@
 //! TLS termination and HTTPS backends, with certificates generated at test time (rcgen).
+// Test code: a panic on a setup failure is how a test fails (see [lints] in Cargo.toml).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

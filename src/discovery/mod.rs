@@ -11,9 +11,10 @@
 pub mod resolve;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
+use parking_lot::{Mutex, MutexGuard};
 use tokio::task::JoinHandle;
 
 use crate::config::{AdminState, BackendConfig, Config, DiscoverConfig, Discovered};
@@ -79,7 +80,7 @@ pub struct Discovery {
 
 impl Drop for Discovery {
     fn drop(&mut self) {
-        let entries = self.entries.get_mut().unwrap_or_else(|e| e.into_inner());
+        let entries = self.entries.get_mut();
         for e in entries.values_mut() {
             if let Some(t) = e.task.take() {
                 t.abort();
@@ -103,7 +104,7 @@ impl Discovery {
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<Key, Entry>> {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+        self.entries.lock()
     }
 
     /// Starts a task for each new (or changed) entry of `config` and stops those of entries

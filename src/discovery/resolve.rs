@@ -195,43 +195,39 @@ pub async fn resolve(lookup: &dyn Lookup, cfg: &DiscoverConfig) -> Result<Vec<Fo
 /// records; a name marked failing answers with an error.
 #[derive(Default)]
 pub struct Table {
-    pub ips: std::sync::Mutex<std::collections::HashMap<String, Vec<IpAddr>>>,
-    pub srv: std::sync::Mutex<std::collections::HashMap<String, Vec<SrvRecord>>>,
+    pub ips: parking_lot::Mutex<std::collections::HashMap<String, Vec<IpAddr>>>,
+    pub srv: parking_lot::Mutex<std::collections::HashMap<String, Vec<SrvRecord>>>,
     /// When set, every lookup fails with this message (a dead resolver).
-    pub failing: std::sync::Mutex<Option<String>>,
+    pub failing: parking_lot::Mutex<Option<String>>,
 }
 
 impl Table {
     pub fn set_ips(&self, name: &str, ips: &[&str]) {
         let parsed = ips.iter().filter_map(|s| s.parse().ok()).collect();
-        lock(&self.ips).insert(name.to_string(), parsed);
+        self.ips.lock().insert(name.to_string(), parsed);
     }
 
     pub fn set_srv(&self, name: &str, records: Vec<SrvRecord>) {
-        lock(&self.srv).insert(name.to_string(), records);
+        self.srv.lock().insert(name.to_string(), records);
     }
 
     pub fn fail(&self, message: Option<&str>) {
-        *lock(&self.failing) = message.map(str::to_string);
+        *self.failing.lock() = message.map(str::to_string);
     }
 
     fn check(&self) -> Result<(), LookupError> {
-        match &*lock(&self.failing) {
+        match &*self.failing.lock() {
             Some(m) => Err(LookupError::Failed(m.clone())),
             None => Ok(()),
         }
     }
 }
 
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Lookup for Table {
     fn ips<'a>(&'a self, name: &'a str) -> LookupFuture<'a, Vec<IpAddr>> {
         Box::pin(async move {
             self.check()?;
-            match lock(&self.ips).get(name) {
+            match self.ips.lock().get(name) {
                 Some(v) if !v.is_empty() => Ok(v.clone()),
                 _ => Err(LookupError::Empty),
             }
@@ -241,7 +237,7 @@ impl Lookup for Table {
     fn srv<'a>(&'a self, name: &'a str) -> LookupFuture<'a, Vec<SrvRecord>> {
         Box::pin(async move {
             self.check()?;
-            match lock(&self.srv).get(name) {
+            match self.srv.lock().get(name) {
                 Some(v) if !v.is_empty() => Ok(v.clone()),
                 _ => Err(LookupError::Empty),
             }

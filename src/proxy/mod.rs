@@ -364,7 +364,7 @@ async fn proxy(
                 });
             }
             ClientUpgrade::Loop(slot) => {
-                let tx = slot.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+                let tx = slot.0.lock().take();
                 if let Some(tx) = tx {
                     let _ = tx.send(tunnel);
                 }
@@ -559,7 +559,7 @@ pub struct Tunnel {
 /// Put in a request's extensions by the HTTP/1.1 connection loop: where a 101 response's
 /// backend connection goes.
 #[derive(Clone)]
-pub struct UpgradeSlot(pub Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Sender<Tunnel>>>>);
+pub struct UpgradeSlot(pub Arc<parking_lot::Mutex<Option<tokio::sync::oneshot::Sender<Tunnel>>>>);
 
 /// Copies bytes both ways between an upgraded client and backend until either side closes,
 /// or until shutdown closes it: a WebSocket then gets a close frame (1001, going away) on

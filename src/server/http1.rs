@@ -317,7 +317,7 @@ async fn exchange<S: ClientIo>(
         let (tx, rx) = oneshot::channel();
         parts
             .extensions
-            .insert(UpgradeSlot(Arc::new(std::sync::Mutex::new(Some(tx)))));
+            .insert(UpgradeSlot(Arc::new(parking_lot::Mutex::new(Some(tx)))));
         rx
     });
     let res = if framing == Framing::None {

@@ -115,7 +115,7 @@ impl ListenerSet {
 /// longer wanted. Connections already accepted finish normally. Does nothing once the
 /// server has shut down.
 pub fn apply_listen(app: &App, listen: &Listen) -> std::io::Result<()> {
-    let mut set = app.listeners.lock().unwrap_or_else(|e| e.into_inner());
+    let mut set = app.listeners.lock();
     if set.tx.is_none() {
         return Ok(());
     }
@@ -154,7 +154,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let rx = {
-        let mut set = app.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        let mut set = app.listeners.lock();
         for (a, k, l) in listeners {
             set.start(&app, a, k, l);
         }
@@ -251,10 +251,7 @@ pub async fn serve(
             _ = &mut shutdown => break,
         }
     }
-    app.listeners
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .stop_all();
+    app.listeners.lock().stop_all();
     drop(rx);
     let deadline = app.snapshot().config.proxy.shutdown_timeout;
     tracing::info!(

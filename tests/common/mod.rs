@@ -1,11 +1,15 @@
 //! Test harness: in-process backends and proxies on 127.0.0.1:0, and small HTTP clients.
 #![allow(dead_code)]
+// Test code: a panic on a setup failure is how a test fails (see [lints] in Cargo.toml).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -94,12 +98,12 @@ impl Backend {
                                 .with_upgrades()
                                 .await;
                         });
-                        t.lock().unwrap().push(conn);
+                        t.lock().push(conn);
                     }
                 }
             }
         });
-        tasks.lock().unwrap().push(accept);
+        tasks.lock().push(accept);
         Backend {
             name,
             addr,
@@ -116,7 +120,7 @@ impl Backend {
     /// no answer), as when the process is killed.
     pub fn kill(&mut self) {
         self.stop();
-        for t in self.tasks.lock().unwrap().drain(..) {
+        for t in self.tasks.lock().drain(..) {
             t.abort();
         }
     }
