@@ -94,32 +94,11 @@ fn read_listen(r: &mut Reader, root: &dyn TableLike) -> Listen {
     listen
 }
 
-pub(super) fn file_ref(
-    r: &mut Reader,
-    t: &dyn TableLike,
-    path: &str,
-    key: &str,
-) -> Option<FileRef> {
-    let p = r.opt(t, path, key, |v| {
-        as_str(v).and_then(|s| {
-            if s.is_empty() {
-                Err("must not be empty".into())
-            } else {
-                Ok(s)
-            }
-        })
-    })?;
-    Some(FileRef {
-        path: p,
-        at: r.location(t, path, key),
-    })
-}
-
 fn read_tls(r: &mut Reader, root: &dyn TableLike) -> Option<TlsConfig> {
     let t = r.table(root, "", "tls")?;
     r.check_keys(t, "tls", &["cert", "key", "sni"]);
-    let cert = file_ref(r, t, "tls", "cert");
-    let key = file_ref(r, t, "tls", "key");
+    let cert = r.file_ref(t, "tls", "cert");
+    let key = r.file_ref(t, "tls", "key");
     for (k, v) in [("cert", &cert), ("key", &key)] {
         if v.is_none() && t.get(k).is_none() {
             r.error_at(
@@ -144,10 +123,7 @@ fn read_tls(r: &mut Reader, root: &dyn TableLike) -> Option<TlsConfig> {
                 }
             })
         });
-        let (c, k) = (
-            file_ref(r, st, &path, "cert"),
-            file_ref(r, st, &path, "key"),
-        );
+        let (c, k) = (r.file_ref(st, &path, "cert"), r.file_ref(st, &path, "key"));
         match (host, c, k) {
             (Some(host), Some(cert), Some(key)) => sni.push(SniCert { host, cert, key }),
             _ => {

@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use http::HeaderName;
 use toml_edit::TableLike;
 
-use super::parse::file_ref;
 use super::reader::{as_bool, as_choice, as_duration, as_float, as_int, as_str, join, Reader};
 use super::*;
 
@@ -482,7 +481,7 @@ fn read_backends(
             })
         });
         let tls_flag = r.opt(t, &path, "tls", as_bool).unwrap_or(false) || https;
-        let ca = file_ref(r, t, &path, "ca");
+        let ca = r.file_ref(t, &path, "ca");
         let server_name = r.opt(t, &path, "server_name", as_str);
         if !tls_flag && (ca.is_some() || server_name.is_some()) {
             r.error_at(

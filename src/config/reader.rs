@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use toml_edit::{Item, TableLike, Value};
 
+use super::FileRef;
+
 /// One problem in a config file, located by line, column and key path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
@@ -123,6 +125,24 @@ impl<'a> Reader<'a> {
                 None
             }
         }
+    }
+
+    /// An optional file path (a non-empty string), kept with where it was written so that
+    /// errors found when the file is loaded can point at the config line.
+    pub fn file_ref(&mut self, table: &dyn TableLike, path: &str, key: &str) -> Option<FileRef> {
+        let p = self.opt(table, path, key, |v| {
+            as_str(v).and_then(|s| {
+                if s.is_empty() {
+                    Err("must not be empty".into())
+                } else {
+                    Ok(s)
+                }
+            })
+        })?;
+        Some(FileRef {
+            path: p,
+            at: self.location(table, path, key),
+        })
     }
 
     /// A sub-table (`[a.b]` or an inline table); records an error when `key` is something else.
@@ -279,5 +299,27 @@ mod tests {
         // 'é' is two bytes but one column.
         assert_eq!(line_col(src, 9), (2, 3));
         assert_eq!(line_col(src, 999), (3, 1));
+    }
+
+    #[test]
+    fn file_ref_keeps_where_the_path_was_written_and_rejects_empty() {
+        let src = "[tls]\ncert = \"c.pem\"\nkey = \"\"\n";
+        let doc: toml_edit::Document<String> = src.parse().expect("valid TOML");
+        let mut r = Reader::new(src, "t.toml");
+        let tls = r.table(doc.as_table(), "", "tls").expect("[tls]");
+        let cert = r.file_ref(tls, "tls", "cert").expect("cert given");
+        assert_eq!(cert.path, "c.pem");
+        assert_eq!(
+            (cert.at.line, cert.at.col, cert.at.key.as_str()),
+            (2, 8, "tls.cert")
+        );
+        assert_eq!(r.file_ref(tls, "tls", "key"), None);
+        assert_eq!(r.file_ref(tls, "tls", "absent"), None);
+        assert_eq!(r.errors.len(), 1);
+        assert_eq!(
+            (r.errors[0].line, r.errors[0].path.as_str()),
+            (3, "tls.key")
+        );
+        assert_eq!(r.errors[0].message, "must not be empty");
     }
 }
