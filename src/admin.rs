@@ -17,10 +17,12 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::app::App;
 use crate::config::AdminState;
+use crate::reload::{Reloader, Trigger};
 
-/// Serves the admin API until `shutdown` completes.
+/// Serves the admin API until `shutdown` completes; `POST /reload` goes to `reloader`.
 pub async fn serve(
     app: Arc<App>,
+    reloader: Reloader,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
@@ -32,11 +34,11 @@ pub async fn serve(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
-                let app = app.clone();
+                let (app, reloader) = (app.clone(), reloader.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
-                        let app = app.clone();
-                        async move { Ok::<_, Infallible>(route(&app, req).await) }
+                        let (app, reloader) = (app.clone(), reloader.clone());
+                        async move { Ok::<_, Infallible>(route(&app, &reloader, req).await) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
@@ -70,7 +72,11 @@ fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
     json_reply(status, json!({ "error": message }))
 }
 
-async fn route(app: &Arc<App>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(
+    app: &Arc<App>,
+    reloader: &Reloader,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
     // Ids may hold characters a URL path escapes (an IPv6 `[::1]:8080`).
     let decoded: Vec<String> = path
@@ -91,7 +97,7 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Response<Full<Bytes>> 
             if !authorized(app, &req) {
                 return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
             }
-            match crate::reload::reload(app, crate::reload::Trigger::Requested) {
+            match reloader.reload(Trigger::Requested).await {
                 Ok(generation) => json_reply(
                     StatusCode::OK,
                     json!({ "reloaded": true, "generation": generation }),

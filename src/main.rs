@@ -326,12 +326,13 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
     for (_, kind, l) in &listeners {
         tracing::info!(address = %l.local_addr()?, ?kind, "listening");
     }
-    reload::spawn_triggers(&app);
+    let reloader = reload::Reloader::spawn(app.clone());
+    reload::spawn_triggers(&app, &reloader);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     if let Some(l) = admin_listener {
         tracing::info!(address = %l.local_addr()?, "admin API listening");
         let mut rx = stop_rx.clone();
-        tokio::spawn(admin::serve(app.clone(), l, async move {
+        tokio::spawn(admin::serve(app.clone(), reloader, l, async move {
             let _ = rx.changed().await;
         }));
     }

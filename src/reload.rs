@@ -1,6 +1,6 @@
-//! Hot reload: re-read the config file when it changes (its directory is watched, so
-//! write-rename saves and symlink swaps are seen), on SIGHUP, or from the admin API; validate
-//! everything first, then swap one snapshot in. A bad file changes nothing.
+//! Hot reload: one task re-reads the config file when it changes (its directory is watched,
+//! so write-rename saves and symlink swaps are seen), on SIGHUP, or from the admin API;
+//! validates everything first, then swaps one snapshot in. A bad file changes nothing.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use notify::Watcher;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::app::App;
 use crate::config::{Config, ConfigError, Diagnostic};
@@ -15,7 +16,7 @@ use crate::config::{Config, ConfigError, Diagnostic};
 /// Events closer together than this are one edit.
 const DEBOUNCE: Duration = Duration::from_millis(200);
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ReloadError {
     #[error("this instance was not started from a config file")]
     NoFile,
@@ -25,6 +26,8 @@ pub enum ReloadError {
     Invalid(Vec<Diagnostic>),
     #[error("{0}")]
     Listen(String),
+    #[error("the reload task has stopped")]
+    Stopped,
 }
 
 impl ReloadError {
@@ -46,9 +49,76 @@ pub enum Trigger {
     Requested,
 }
 
-/// Re-reads the config file and, if it is valid, applies it. Returns the new generation
-/// (`None` when a watcher event found the text unchanged).
-pub fn reload(app: &App, trigger: Trigger) -> Result<Option<u64>, ReloadError> {
+/// What a reload ends with: the new generation (`None` when a watcher event found the text
+/// unchanged), or why the previous config keeps serving.
+pub type Outcome = Result<Option<u64>, ReloadError>;
+
+/// One trigger sent to the reload task, with where its result goes if the sender waits.
+struct Job {
+    trigger: Trigger,
+    reply: Option<oneshot::Sender<Outcome>>,
+}
+
+/// The handle to the one task that reloads the config. The file watcher, SIGHUP and the admin
+/// API all send it their triggers, so reloads never overlap, and each reload reads the file
+/// after every trigger it answers was sent: an older file can never be applied after a newer
+/// one. Cloning is cheap; the task ends when the last handle is dropped.
+#[derive(Clone)]
+pub struct Reloader {
+    tx: mpsc::UnboundedSender<Job>,
+}
+
+impl Reloader {
+    /// Starts the reload task for `app` (inside a tokio runtime).
+    pub fn spawn(app: Arc<App>) -> Reloader {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                // Triggers that queued while the previous reload ran share the next one: it
+                // starts after all of them were sent, so it reads the file they were about.
+                let mut jobs = vec![first];
+                while let Ok(j) = rx.try_recv() {
+                    jobs.push(j);
+                }
+                let trigger = if jobs.iter().any(|j| j.trigger == Trigger::Requested) {
+                    Trigger::Requested
+                } else {
+                    Trigger::FileChanged
+                };
+                let outcome = reload(&app, trigger);
+                for reply in jobs.into_iter().filter_map(|j| j.reply) {
+                    let _ = reply.send(outcome.clone());
+                }
+            }
+        });
+        Reloader { tx }
+    }
+
+    /// Asks for a reload and waits for its outcome: that of a reload which started after this
+    /// call, so it saw the file as it is now (or newer).
+    pub async fn reload(&self, trigger: Trigger) -> Outcome {
+        let (reply, outcome) = oneshot::channel();
+        let job = Job {
+            trigger,
+            reply: Some(reply),
+        };
+        self.tx.send(job).map_err(|_| ReloadError::Stopped)?;
+        outcome.await.map_err(|_| ReloadError::Stopped)?
+    }
+
+    /// Asks for a reload without waiting for it (the watcher and SIGHUP: the outcome is
+    /// logged and counted, and shown in `/status`).
+    pub fn trigger(&self, trigger: Trigger) {
+        let _ = self.tx.send(Job {
+            trigger,
+            reply: None,
+        });
+    }
+}
+
+/// Re-reads the config file and, if it is valid, applies it. Only the reload task calls
+/// this, one reload at a time.
+fn reload(app: &App, trigger: Trigger) -> Outcome {
     let path = app.meta().path.clone().ok_or(ReloadError::NoFile)?;
     let _one_at_a_time = app.reload_lock.lock();
     let result = read_and_apply(app, &path, trigger);
@@ -71,7 +141,7 @@ pub fn reload(app: &App, trigger: Trigger) -> Result<Option<u64>, ReloadError> {
     result
 }
 
-fn read_and_apply(app: &App, path: &Path, trigger: Trigger) -> Result<Option<u64>, ReloadError> {
+fn read_and_apply(app: &App, path: &Path, trigger: Trigger) -> Outcome {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ReloadError::Read(format!("{}: cannot read config file: {e}", path.display()))
     })?;
@@ -111,21 +181,22 @@ pub fn remember_loaded_text(app: &App, text: &str) {
     app.meta().content_hash = Some(xxhash_rust::xxh3::xxh3_64(text.as_bytes()));
 }
 
-/// Starts the file watcher and the SIGHUP handler (inside a tokio runtime).
-pub fn spawn_triggers(app: &Arc<App>) {
+/// Starts the file watcher and the SIGHUP handler (inside a tokio runtime), both feeding
+/// `reloader`.
+pub fn spawn_triggers(app: &App, reloader: &Reloader) {
     // Bound first: a guard in an `if let` scrutinee would live through the block.
     let path = app.meta().path.clone();
     if let Some(path) = path {
         if let Ok(text) = std::fs::read_to_string(&path) {
             remember_loaded_text(app, &text);
         }
-        if let Err(e) = watch(app.clone(), &path) {
+        if let Err(e) = watch(reloader.clone(), &path) {
             tracing::warn!(error = %e, file = %path.display(), "cannot watch the config file; reload with SIGHUP or the admin API");
         }
     }
     #[cfg(unix)]
     {
-        let app = app.clone();
+        let reloader = reloader.clone();
         tokio::spawn(async move {
             let Ok(mut hup) =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -134,16 +205,16 @@ pub fn spawn_triggers(app: &Arc<App>) {
             };
             while hup.recv().await.is_some() {
                 tracing::info!("SIGHUP received: reloading");
-                let _ = reload(&app, Trigger::Requested);
+                reloader.trigger(Trigger::Requested);
             }
         });
     }
 }
 
-/// Watches the config file's directory; any change there (debounced) re-reads the file.
+/// Watches the config file's directory; any change there (debounced) asks for a reload.
 /// Watching the directory rather than the file sees editors' write-to-temp-then-rename saves
 /// and Kubernetes' symlink swaps, which replace the file's inode.
-pub fn watch(app: Arc<App>, path: &Path) -> notify::Result<()> {
+pub fn watch(reloader: Reloader, path: &Path) -> notify::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => std::path::PathBuf::from("."),
@@ -163,7 +234,7 @@ pub fn watch(app: Arc<App>, path: &Path) -> notify::Result<()> {
         while rx.recv().await.is_some() {
             tokio::time::sleep(DEBOUNCE).await;
             while rx.try_recv().is_ok() {}
-            let _ = reload(&app, Trigger::FileChanged);
+            reloader.trigger(Trigger::FileChanged);
         }
     });
     Ok(())

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use tether::reload::{reload, ReloadError, Trigger};
+use tether::reload::{ReloadError, Trigger};
 
 fn write(path: &std::path::Path, text: &str) {
     std::fs::write(path, text).unwrap();
@@ -68,7 +68,7 @@ async fn two_hundred_keep_alive_clients_see_no_failure_while_reloading_every_100
                 &list_one
             },
         );
-        reload(&proxy.app, Trigger::Requested).unwrap();
+        proxy.reloader.reload(Trigger::Requested).await.unwrap();
         reloads += 1;
     }
     let mut failures = Vec::new();
@@ -151,7 +151,10 @@ async fn an_unrelated_edit_moves_nothing_and_keeps_the_tables() {
     let before = snapshot_answers(&proxy, &mut cookies).await;
     let table_before = proxy.app.snapshot().pools[0].balancer.clone();
     write(&path, &two_pools(&[&a, &b, &c], "3s"));
-    assert_eq!(reload(&proxy.app, Trigger::Requested).unwrap(), Some(2));
+    assert_eq!(
+        proxy.reloader.reload(Trigger::Requested).await.unwrap(),
+        Some(2)
+    );
     assert_eq!(
         proxy.app.snapshot().config.proxy.connect_timeout,
         Duration::from_secs(3)
@@ -174,7 +177,7 @@ async fn adding_a_fourth_backend_moves_a_quarter_of_ip_keys_and_no_cookie_sessio
     let mut cookies = Vec::new();
     let before = snapshot_answers(&proxy, &mut cookies).await;
     write(&path, &two_pools(&[&a, &b, &c, &d], "2s"));
-    reload(&proxy.app, Trigger::Requested).unwrap();
+    proxy.reloader.reload(Trigger::Requested).await.unwrap();
     let after = snapshot_answers(&proxy, &mut cookies).await;
     let moved = before
         .0
@@ -209,6 +212,7 @@ async fn an_invalid_file_keeps_serving_and_is_reported_until_fixed() {
         let admin = l.local_addr().unwrap();
         tokio::spawn(tether::admin::serve(
             p.app.clone(),
+            p.reloader.clone(),
             l,
             std::future::pending(),
         ));
@@ -221,7 +225,7 @@ async fn an_invalid_file_keeps_serving_and_is_reported_until_fixed() {
             "[pools.app]\naffinity = \"sticky\"\nbogus = 1",
         ),
     );
-    let err = reload(&proxy.app, Trigger::Requested).unwrap_err();
+    let err = proxy.reloader.reload(Trigger::Requested).await.unwrap_err();
     let ReloadError::Invalid(d) = &err else {
         panic!("{err}")
     };
@@ -294,6 +298,96 @@ async fn the_watcher_sees_a_write_rename_save() {
     }
 }
 
+/// The file watcher, SIGHUP's way (`Reloader::trigger`) and `POST /reload`, 100 triggers in
+/// flight at once while the file keeps changing: every answer comes from a reload that read
+/// the file as it was when asked (or newer), and the last file is the one left applied.
+/// (Four workers on fewer cores: reloads that were not serialised overlapped, and an older
+/// file won, in 4 of 4 runs of this test against reloads run inline as before the task.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hundred_concurrent_triggers_over_a_changing_file_end_with_the_last_file_applied() {
+    let a = Backend::start("a").await;
+    // Version i of the file sets max_connections to 10_000 + i, and a new maglev table size
+    // (rebuilding the table makes each reload take long enough for overlaps to show).
+    let version = |i: u64| {
+        let table = ["262139", "262147", "262151"][i as usize % 3];
+        let proxy = format!("max_connections = {}", 10_000 + i);
+        pool_config(&proxy, &format!("table_size = {table}"), &[&a])
+    };
+    let applied = |app: &tether::app::App| app.snapshot().config.proxy.max_connections - 10_000;
+    let path = config_file(&version(0));
+    let proxy = Proxy::start_file(&path).await;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = l.local_addr().unwrap();
+    tokio::spawn(tether::admin::serve(
+        proxy.app.clone(),
+        proxy.reloader.clone(),
+        l,
+        std::future::pending(),
+    ));
+    let mut asked = Vec::new();
+    for i in 1..=100u64 {
+        // Replaced in one step (an editor's save), so no reload reads a half-written file.
+        let tmp = path.with_extension("toml.tmp");
+        write(&tmp, &version(i));
+        std::fs::rename(&tmp, &path).unwrap();
+        let (app, reloader) = (proxy.app.clone(), proxy.reloader.clone());
+        asked.push(tokio::spawn(async move {
+            let generation = match i % 3 {
+                0 => {
+                    let ans = post(admin, "/reload", &[]).await;
+                    assert_eq!(ans.status, 200, "{}", ans.text());
+                    let v: serde_json::Value = serde_json::from_slice(&ans.body).unwrap();
+                    v["generation"].as_u64().unwrap()
+                }
+                1 => reloader
+                    .reload(Trigger::Requested)
+                    .await
+                    .unwrap()
+                    .expect("a requested reload always applies"),
+                _ => {
+                    // What the SIGHUP handler does: ask, and do not wait.
+                    reloader.trigger(Trigger::Requested);
+                    return;
+                }
+            };
+            // Reloads apply files in the order they read them, so what is applied now is at
+            // least what the reload that answered this trigger applied.
+            let now = applied(&app);
+            assert!(
+                now >= i,
+                "trigger {i} was answered by a reload of file {now}"
+            );
+            assert!(app.meta().generation >= generation);
+        }));
+        // A little time between saves, so reloads run while the file keeps changing.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    for t in asked {
+        t.await.unwrap();
+    }
+    // The triggers that did not wait, and the watcher's (debounced) ones, settle.
+    let t = Instant::now();
+    let mut last = (0, Instant::now());
+    while last.1.elapsed() < Duration::from_millis(600) {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "reloads never settled"
+        );
+        let g = proxy.app.meta().generation;
+        if g != last.0 {
+            last = (g, Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(applied(&proxy.app), 100, "an older file won");
+    assert_eq!(proxy.app.reloads_failed.load(Ordering::Relaxed), 0);
+    // And the watcher's record of the applied text is the last file's: nothing to do.
+    assert_eq!(
+        proxy.reloader.reload(Trigger::FileChanged).await.unwrap(),
+        None
+    );
+}
+
 #[tokio::test]
 async fn listener_changes_are_applied() {
     let a = Backend::start("a").await;
@@ -305,7 +399,7 @@ async fn listener_changes_are_applied() {
         &path,
         &format!("[listen]\nhttp = [\"127.0.0.1:0\", \"{second}\"]\n{base}"),
     );
-    reload(&proxy.app, Trigger::Requested).unwrap();
+    proxy.reloader.reload(Trigger::Requested).await.unwrap();
     assert_eq!(
         get(second, "/", &[]).await.status,
         200,
@@ -318,7 +412,7 @@ async fn listener_changes_are_applied() {
     );
     // Drop the first address: it stops accepting; the second keeps serving.
     write(&path, &format!("[listen]\nhttp = [\"{second}\"]\n{base}"));
-    reload(&proxy.app, Trigger::Requested).unwrap();
+    proxy.reloader.reload(Trigger::Requested).await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(
         tokio::net::TcpStream::connect(proxy.addr).await.is_err(),
@@ -335,7 +429,7 @@ async fn listener_changes_are_applied() {
         ),
     );
     assert!(matches!(
-        reload(&proxy.app, Trigger::Requested),
+        proxy.reloader.reload(Trigger::Requested).await,
         Err(ReloadError::Listen(_))
     ));
     assert_eq!(proxy.app.meta().generation, 3);

@@ -251,7 +251,11 @@ async fn reload_serves_a_new_certificate_to_new_connections_and_keeps_old_ones()
 
     // A broken certificate is refused and the old one keeps serving.
     std::fs::write(&path, tls_config(&cert1, &key2, &[&backend], "")).unwrap();
-    let err = tether::reload::reload(&proxy.app, tether::reload::Trigger::Requested).unwrap_err();
+    let err = proxy
+        .reloader
+        .reload(tether::reload::Trigger::Requested)
+        .await
+        .unwrap_err();
     assert!(
         err.to_string().contains("does not match the certificate"),
         "{err}"
@@ -263,7 +267,11 @@ async fn reload_serves_a_new_certificate_to_new_connections_and_keeps_old_ones()
     assert_eq!(peer_cert(&pki.connect(addr, "shop.test", &[]).await), der1);
 
     std::fs::write(&path, tls_config(&cert2, &key2, &[&backend], "")).unwrap();
-    tether::reload::reload(&proxy.app, tether::reload::Trigger::Requested).unwrap();
+    proxy
+        .reloader
+        .reload(tether::reload::Trigger::Requested)
+        .await
+        .unwrap();
     assert_eq!(
         peer_cert(&pki.connect(addr, "shop.test", &[]).await),
         der2,

@@ -313,6 +313,8 @@ pub struct Proxy {
     /// The first https listener, if any.
     pub tls_addr: Option<SocketAddr>,
     pub app: Arc<App>,
+    /// The reload task: what the watcher, SIGHUP and the admin API of this proxy feed.
+    pub reloader: tether::reload::Reloader,
     stop: Option<oneshot::Sender<()>>,
     pub done: Option<tokio::task::JoinHandle<()>>,
 }
@@ -325,6 +327,7 @@ impl Proxy {
         let admin = listener.local_addr().unwrap();
         tokio::spawn(tether::admin::serve(
             proxy.app.clone(),
+            proxy.reloader.clone(),
             listener,
             std::future::pending(),
         ));
@@ -343,7 +346,7 @@ impl Proxy {
         let config = Config::load(path).unwrap_or_else(|e| panic!("bad test config: {e}"));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let proxy = Proxy::serve(config, listener, Some(path.to_path_buf())).await;
-        tether::reload::spawn_triggers(&proxy.app);
+        tether::reload::spawn_triggers(&proxy.app, &proxy.reloader);
         proxy
     }
 
@@ -383,6 +386,7 @@ impl Proxy {
         Proxy {
             addr,
             tls_addr,
+            reloader: tether::reload::Reloader::spawn(app.clone()),
             app,
             stop: Some(tx),
             done: Some(done),
