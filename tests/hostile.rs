@@ -320,6 +320,40 @@ async fn shutdown_under_load_finishes_started_requests_and_closes_websockets_cle
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_when_the_last_websocket_closes_before_the_deadline() {
+    let (a, b, c) = three().await;
+    let proxy = Proxy::start(&pool_config(
+        "shutdown_timeout = \"20s\"",
+        "",
+        &[&a, &b, &c],
+    ))
+    .await;
+    let addr = proxy.addr;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+        .await
+        .unwrap();
+    ws.send(Message::text("hi")).await.unwrap();
+    assert!(ws.next().await.unwrap().is_ok());
+    let stop = tokio::spawn(proxy.shutdown());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!stop.is_finished(), "shutdown waits for the open WebSocket");
+    // The client says goodbye; once the tunnel is gone shutdown is done, long before 20 s.
+    let t = Instant::now();
+    ws.close(None).await.unwrap();
+    while let Some(Ok(_)) = ws.next().await {}
+    drop(ws);
+    tokio::time::timeout(Duration::from_secs(3), stop)
+        .await
+        .expect("shutdown ended when the last WebSocket closed")
+        .unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        t.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_idle_connections_do_not_stop_new_clients() {
     // The proxy runs as its own process (file descriptors: 10,000 on each side); raise the
     // soft limit to what the machine allows, for this process and the child.

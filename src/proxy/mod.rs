@@ -534,7 +534,8 @@ fn learn_from_response(
     }
 }
 
-/// What a tunnel needs to close cleanly at the shutdown deadline.
+/// What a tunnel needs to close cleanly at the shutdown deadline. It holds `close` for its
+/// whole life: shutdown knows the last tunnel has ended when every receiver is gone.
 #[derive(Clone)]
 pub struct TunnelGuard {
     pub close: tokio::sync::watch::Receiver<bool>,

@@ -268,20 +268,20 @@ pub async fn serve(
         tracing::warn!("shutdown timeout reached; closing remaining connections");
     }
     // Upgraded connections (WebSockets) live on after their HTTP connection: give them the
-    // rest of the deadline, then close them cleanly.
-    while app.tunnels.load(Ordering::Relaxed) > 0 && started.elapsed() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    if app.tunnels.load(Ordering::Relaxed) > 0 {
+    // rest of the deadline, then close them cleanly. Every tunnel holds a receiver of
+    // `close_tunnels` until it ends, so `closed()` completes when the last one has ended.
+    let rest = deadline.saturating_sub(started.elapsed());
+    if tokio::time::timeout(rest, app.close_tunnels.closed())
+        .await
+        .is_err()
+    {
         tracing::info!(
             tunnels = app.tunnels.load(Ordering::Relaxed),
             "closing open WebSockets"
         );
         let _ = app.close_tunnels.send(true);
-        let wait = tokio::time::Instant::now();
-        while app.tunnels.load(Ordering::Relaxed) > 0 && wait.elapsed() < Duration::from_secs(1) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let all_closed = app.close_tunnels.closed();
+        let _ = tokio::time::timeout(Duration::from_secs(1), all_closed).await;
     }
 }
 
