@@ -1,5 +1,5 @@
-//! Entry points for fuzzing (`fuzz/`) and for replaying its corpus in `cargo test`: each
-//! takes arbitrary bytes and must never panic, hang or allocate without bound.
+//! Entry points for fuzzing (`fuzz/`, built with `--cfg fuzzing`) and their corpus replayed
+//! in `cargo test`: each takes arbitrary bytes and must never panic, hang or allocate without bound.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -74,4 +74,52 @@ pub fn http1(data: &[u8]) {
 fn drain_chunked(buf: &mut bytes::BytesMut) {
     let mut d = crate::h1::ChunkedDecoder::default();
     while let Ok(crate::h1::Decoded::Data(_)) = d.decode(buf) {}
+}
+
+/// Replays the fuzzing seed corpus (and any crash inputs kept as regressions) through the
+/// entry points above, so `cargo test` catches regressions without cargo-fuzz.
+#[cfg(test)]
+mod replay {
+    use std::path::Path;
+
+    fn replay(target: &str, f: fn(&[u8])) {
+        let mut n = 0;
+        for dir in ["fuzz/seeds", "fuzz/regressions"] {
+            let d = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir).join(target);
+            let Ok(entries) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in entries {
+                let path = e.unwrap().path();
+                f(&std::fs::read(&path).unwrap());
+                n += 1;
+            }
+        }
+        assert!(n >= 2, "{target}: no seeds replayed");
+    }
+
+    #[test]
+    fn cookie_corpus() {
+        replay("cookie", super::cookie);
+    }
+
+    #[test]
+    fn route_corpus() {
+        replay("route", super::route);
+    }
+
+    #[test]
+    fn config_corpus() {
+        replay("config", super::config);
+    }
+
+    #[test]
+    fn forwarded_for_corpus() {
+        replay("forwarded_for", super::forwarded_for);
+    }
+
+    #[test]
+    fn http1_corpus() {
+        replay("http1", super::http1);
+    }
 }

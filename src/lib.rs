@@ -29,6 +29,9 @@ pub mod ctl;
 pub mod demo;
 pub mod discovery;
 pub mod explain;
+// Only for the fuzzers (cargo-fuzz builds with `--cfg fuzzing`) and for this crate's own
+// tests, which replay the seed corpus through the same entry points: not part of the API.
+#[cfg(any(fuzzing, test))]
 #[doc(hidden)]
 pub mod fuzz_targets;
 pub mod h1;
