@@ -66,6 +66,7 @@ fn common_port() -> u16 {
 
 struct Running {
     app: Arc<App>,
+    reloader: tether::reload::Reloader,
     proxy: SocketAddr,
     admin: SocketAddr,
 }
@@ -88,12 +89,19 @@ async fn start(config: &str, table: &Arc<Table>, path: Option<std::path::PathBuf
     ));
     let admin_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = admin_l.local_addr().unwrap();
+    let reloader = tether::reload::Reloader::spawn(app.clone());
     tokio::spawn(tether::admin::serve(
         app.clone(),
+        reloader.clone(),
         admin_l,
         std::future::pending(),
     ));
-    Running { app, proxy, admin }
+    Running {
+        app,
+        reloader,
+        proxy,
+        admin,
+    }
 }
 
 fn status(r: &Running) -> serde_json::Value {
@@ -451,7 +459,10 @@ async fn discovered_backends_keep_their_state_across_reloads() {
         StatusCode::OK
     );
     std::fs::write(&path, text("drain_timeout = \"10m\"")).unwrap();
-    tether::reload::reload(&r.app, tether::reload::Trigger::Requested).unwrap();
+    r.reloader
+        .reload(tether::reload::Trigger::Requested)
+        .await
+        .unwrap();
     let s = states(&r);
     assert_eq!(s[&id].0, "draining", "admin state kept over the reload");
     assert_eq!(s["b1"].1, "file");
