@@ -5,19 +5,7 @@ use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::affinity::cookie;
-use crate::h1::{self, ReqFraming};
-
-/// Hop-by-hop headers (RFC 9110 §7.6.1) that never cross the proxy.
-static HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-];
+use crate::h1::{self, BodyEncoder, Framing};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -48,14 +36,16 @@ pub struct Forwarding<'a> {
 /// Writes the head of the request sent to the backend, straight from the client's headers:
 /// hop-by-hop headers and those `Connection` names are left out, the cookies go as one
 /// `Cookie` header without tether's own, and Host and X-Forwarded-For/-Proto/-Host are set.
+/// The client's framing headers are not copied: `framing` alone says how the body goes,
+/// and the returned encoder holds the body to it.
 pub fn write_request_head(
     method: &http::Method,
     target: &str,
     h: &HeaderMap,
     f: &Forwarding<'_>,
-    framing: ReqFraming,
+    framing: Framing,
     out: &mut BytesMut,
-) {
+) -> BodyEncoder {
     h1::request_line(method, target, out);
     let named: Vec<&[u8]> = if h.contains_key(header::CONNECTION) {
         connection_tokens(h)
@@ -66,7 +56,8 @@ pub fn write_request_head(
     };
     let mut cookies = 0;
     for (name, value) in h {
-        let skip = HOP_BY_HOP.contains(name)
+        let skip = h1::is_hop_by_hop(name.as_str().as_bytes())
+            || name == header::CONTENT_LENGTH
             || (name == header::UPGRADE && !f.upgrade)
             || name == header::HOST
             || name == X_FORWARDED_FOR
@@ -123,17 +114,21 @@ pub fn write_request_head(
     if f.upgrade {
         h1::header_line(b"connection", b"upgrade", out);
     }
-    // A bodiless POST, PUT or PATCH without a length (HTTP/2 allows that) says it has none.
-    if framing == ReqFraming::None
-        && matches!(
-            *method,
-            http::Method::POST | http::Method::PUT | http::Method::PATCH
-        )
-        && !h.contains_key(header::CONTENT_LENGTH)
-    {
-        h1::header_line(b"content-length", b"0", out);
-    }
-    h1::end_head(framing, out);
+    // A bodiless POST, PUT or PATCH without a length (HTTP/2 allows that) says it has none,
+    // as does a request that said `Content-Length: 0`.
+    let framing = match framing {
+        Framing::Empty
+            if h.contains_key(header::CONTENT_LENGTH)
+                || matches!(
+                    *method,
+                    http::Method::POST | http::Method::PUT | http::Method::PATCH
+                ) =>
+        {
+            Framing::Length(0)
+        }
+        f => f,
+    };
+    h1::finish_head(framing, out)
 }
 
 /// Makes a response that sets a pin unstorable by shared caches: adds `Cache-Control:
@@ -177,7 +172,7 @@ mod tests {
 
     fn head_for(h: &HeaderMap, f: &Forwarding<'_>) -> String {
         let mut out = BytesMut::new();
-        write_request_head(&http::Method::GET, "/p", h, f, ReqFraming::None, &mut out);
+        let _ = write_request_head(&http::Method::GET, "/p", h, f, Framing::Empty, &mut out);
         String::from_utf8(out.to_vec()).unwrap()
     }
 

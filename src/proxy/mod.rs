@@ -15,13 +15,11 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
-use hyper_util::rt::TokioIo;
 
 use crate::access_log::Record;
 use crate::affinity::{self, client_ip, cookie, Decision, RequestKeys};
 use crate::app::App;
 use crate::config::{AccessLog, Affinity};
-use crate::h1::ReqFraming;
 use crate::runtime::{Pool, Snapshot};
 use body::{Finish, ProxyBody};
 use error::ProxyError;
@@ -211,10 +209,12 @@ async fn proxy(
     let own_cookie = cookie_name.filter(|_| cookie_value.is_some());
 
     let upgrade = is_upgrade(&req);
-    let client_upgrade = upgrade.then(|| match req.extensions_mut().remove::<UpgradeSlot>() {
-        Some(slot) => ClientUpgrade::Loop(slot),
-        None => ClientUpgrade::Hyper(hyper::upgrade::on(&mut req)),
-    });
+    // Only tether's HTTP/1.1 loop offers upgrades (HTTP/2 requests never ask for one).
+    let client_upgrade = req
+        .extensions_mut()
+        .remove::<UpgradeSlot>()
+        .filter(|_| upgrade);
+    let interim = req.extensions_mut().remove::<upstream::Interim>();
 
     // A bodiless idempotent request can be replayed on another backend if its backend
     // fails before answering (a backend killed mid-request); its encoded head is kept.
@@ -228,9 +228,9 @@ async fn proxy(
         upgrade,
         own_cookie,
     };
-    let first = outgoing(&parts, body, &forwarding);
+    let first = outgoing(&parts, body, &forwarding, interim)?;
     drop(parts);
-    let replay = replayable.then(|| first.head.clone());
+    let replay = replayable.then(|| (first.head.clone(), first.encoder.clone()));
     let head_request = first.head_request;
     let mut req = Some(first);
     let max_head = settings.max_header_bytes.max(8192);
@@ -262,11 +262,12 @@ async fn proxy(
             };
             b.shared.note_connect_success();
             let Some(r) = req.take().or_else(|| {
-                replay.as_ref().map(|head| Outgoing {
+                replay.as_ref().map(|(head, encoder)| Outgoing {
                     head: head.clone(),
-                    framing: ReqFraming::None,
+                    encoder: encoder.clone(),
                     body: ReqBody::Empty,
                     head_request,
+                    interim: None,
                 })
             }) else {
                 return Err(ProxyError::BadRequest);
@@ -354,21 +355,9 @@ async fn proxy(
             },
             websocket,
         };
-        match client_upgrade {
-            ClientUpgrade::Hyper(on) => {
-                tokio::spawn(async move {
-                    match on.await {
-                        Ok(client) => run_tunnel(TokioIo::new(client), Bytes::new(), tunnel).await,
-                        Err(e) => tracing::debug!(error = %e, "upgrade failed"),
-                    }
-                });
-            }
-            ClientUpgrade::Loop(slot) => {
-                let tx = slot.0.lock().take();
-                if let Some(tx) = tx {
-                    let _ = tx.send(tunnel);
-                }
-            }
+        let tx = client_upgrade.0.lock().take();
+        if let Some(tx) = tx {
+            let _ = tx.send(tunnel);
         }
         let mut res = Response::new(ProxyBody::empty());
         *res.status_mut() = head.status;
@@ -385,25 +374,31 @@ async fn proxy(
     Ok(Response::from_parts(parts, ProxyBody::upstream(body)))
 }
 
-/// Encodes the request for the backend (HTTP/1.1, origin-form). A body of unknown length
-/// is re-chunked.
-fn outgoing(parts: &http::request::Parts, body: ReqBody, f: &headers::Forwarding<'_>) -> Outgoing {
-    let framing = if body.is_end_stream() {
-        ReqFraming::None
-    } else if parts.headers.contains_key(header::CONTENT_LENGTH) {
-        ReqFraming::Length
-    } else {
-        ReqFraming::Chunked
+/// Encodes the request for the backend (HTTP/1.1, origin-form): one `Content-Length`
+/// (differing values are a 400), or re-chunked when the length is unknown.
+fn outgoing(
+    parts: &http::request::Parts,
+    body: ReqBody,
+    f: &headers::Forwarding<'_>,
+    interim: Option<upstream::Interim>,
+) -> Result<Outgoing, ProxyError> {
+    let length = crate::h1::content_length(&parts.headers).map_err(|_| ProxyError::BadRequest)?;
+    let framing = match length {
+        _ if body.is_end_stream() => crate::h1::Framing::Empty,
+        Some(n) => crate::h1::Framing::Length(n),
+        None => crate::h1::Framing::Chunked,
     };
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut head = BytesMut::new();
-    headers::write_request_head(&parts.method, target, &parts.headers, f, framing, &mut head);
-    Outgoing {
+    let encoder =
+        headers::write_request_head(&parts.method, target, &parts.headers, f, framing, &mut head);
+    Ok(Outgoing {
         head: head.freeze(),
-        framing,
+        encoder,
         body,
         head_request: parts.method == http::Method::HEAD,
-    }
+        interim,
+    })
 }
 
 /// `redirect_http`: 308 to the same host and path on the first https listener.
@@ -540,13 +535,6 @@ fn learn_from_response(
 pub struct TunnelGuard {
     pub close: tokio::sync::watch::Receiver<bool>,
     pub open: Arc<std::sync::atomic::AtomicU64>,
-}
-
-/// How the client side of an upgrade is reached: hyper's upgrade future (HTTP/2 listeners
-/// use hyper), or the HTTP/1.1 connection loop that owns the socket.
-enum ClientUpgrade {
-    Hyper(hyper::upgrade::OnUpgrade),
-    Loop(UpgradeSlot),
 }
 
 /// An upgraded backend connection, handed to whoever owns the client's socket.

@@ -1,16 +1,18 @@
-//! Client connections speaking HTTP/1.1: read request heads, stream request bodies, write
-//! responses, keep connections alive — without holding a buffer while a connection idles.
+//! Client connections speaking HTTP/1.1: read request heads, stream request bodies, relay
+//! interim and final responses, keep connections alive — without holding a buffer while a
+//! connection idles. The wire format itself is `h1`; this is the connection loop, which
+//! takes any transport and any [`Handler`], so tests can script it byte for byte.
 
 use std::future::poll_fn;
 use std::io;
-use std::pin::{pin, Pin};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
-use http::header::{self, HeaderMap};
-use http::{Method, Request, StatusCode, Uri, Version};
+use bytes::{BufMut, BytesMut};
+use http::header;
+use http::{Method, Request, StatusCode, Version};
 use http_body::Body as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -18,10 +20,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::app::App;
-use crate::h1::{self, ChunkedDecoder, Decoded, MAX_HEADERS, NO_SPAN};
+use crate::h1::{self, BodyDecoder, BodyEncoder, Decoded, Framing, RequestHead, WireError};
 use crate::proxy::body::ProxyBody;
-use crate::proxy::upstream::ReqBody;
-use crate::proxy::{self, ConnInfo, UpgradeSlot};
+use crate::proxy::upstream::{BodyPiece, Interim, InterimHead, ReqBody};
+use crate::proxy::{self, ConnInfo, Handling, UpgradeSlot};
 
 /// Read size for heads; bodies read in larger pieces.
 const HEAD_READ: usize = 4096;
@@ -30,6 +32,29 @@ const BODY_READ: usize = 16384;
 const WRITE_BATCH: usize = 65536;
 /// The HTTP/2 connection preface (prior knowledge, h2c).
 pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What serves the requests the loop reads: the proxy, or a test's closure.
+pub trait Handler: Send + Sync {
+    fn call(&self, info: ConnInfo, req: Request<ReqBody>) -> Handling;
+}
+
+impl Handler for Arc<App> {
+    fn call(&self, info: ConnInfo, req: Request<ReqBody>) -> Handling {
+        proxy::handle_boxed(self.clone(), info, req)
+    }
+}
+
+/// A closure as a [`Handler`].
+pub struct HandlerFn<F>(pub F);
+
+impl<F> Handler for HandlerFn<F>
+where
+    F: Fn(ConnInfo, Request<ReqBody>) -> Handling + Send + Sync,
+{
+    fn call(&self, info: ConnInfo, req: Request<ReqBody>) -> Handling {
+        (self.0)(info, req)
+    }
+}
 
 /// A client transport the loop can serve.
 pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {
@@ -48,6 +73,9 @@ impl ClientIo for TcpStream {
 }
 
 impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {}
+
+/// In-memory pipes: tests script the client's bytes.
+impl ClientIo for tokio::io::DuplexStream {}
 
 /// Limits from `[proxy]`.
 #[derive(Debug, Clone, Copy)]
@@ -70,8 +98,8 @@ pub enum Ended {
 }
 
 /// Serves HTTP/1.1 requests on `io` until the client closes, an error, or shutdown.
-pub async fn serve<S: ClientIo>(
-    app: Arc<App>,
+pub async fn serve<S: ClientIo, H: Handler>(
+    handler: &H,
     info: ConnInfo,
     io: &mut S,
     limits: Limits,
@@ -84,14 +112,15 @@ pub async fn serve<S: ClientIo>(
             Ok(Head::Request(p)) => p,
             Ok(Head::H2) => return Ended::H2 { buf },
             Ok(Head::None) => return Ended::Closed,
-            Err(status) => {
-                let _ = send(io, &error_response(status)).await;
+            Err(e) => {
+                tracing::debug!(client = %info.peer, error = %e, "refused a request head");
+                let _ = send(io, &error_response(e.status())).await;
                 let _ = io.shutdown().await;
                 return Ended::Closed;
             }
         };
         first = false;
-        match exchange(&app, info, io, &mut buf, parsed).await {
+        match exchange(handler, info, io, &mut buf, parsed).await {
             Next::KeepAlive if !*shutdown.borrow() => {}
             Next::Upgraded => return Ended::Closed,
             _ => {
@@ -106,26 +135,10 @@ pub async fn serve<S: ClientIo>(
 // allocation.
 #[allow(clippy::large_enum_variant)]
 enum Head {
-    Request(Parsed),
+    Request(RequestHead),
     H2,
     /// Closed, timed out or shut down between requests.
     None,
-}
-
-struct Parsed {
-    req: Request<()>,
-    body: Framing,
-    keep_alive: bool,
-    expect_continue: bool,
-    /// The request carries `Upgrade` (WebSocket and the like).
-    upgrade: bool,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    None,
-    Length(u64),
-    Chunked,
 }
 
 /// Reads until a whole request head is in `buf`; a status is the error to answer with.
@@ -135,7 +148,7 @@ async fn read_head<S: ClientIo>(
     limits: Limits,
     shutdown: &mut watch::Receiver<bool>,
     first: bool,
-) -> Result<Head, StatusCode> {
+) -> Result<Head, WireError> {
     // A keep-alive connection waits up to idle_timeout for the next request to start, and
     // then has header_timeout to finish its head.
     let mut waiting = !first && buf.is_empty();
@@ -155,7 +168,7 @@ async fn read_head<S: ClientIo>(
                 return Ok(Head::H2);
             }
         } else if !buf.is_empty() {
-            if let Some(p) = parse_request(buf, limits.max_head)? {
+            if let Some(p) = h1::parse_request(buf, limits.max_head)? {
                 return Ok(Head::Request(p));
             }
         }
@@ -189,105 +202,6 @@ async fn read_head<S: ClientIo>(
     }
 }
 
-/// Parses a request head from the front of `buf`, removing it.
-fn parse_request(buf: &mut BytesMut, max_head: usize) -> Result<Option<Parsed>, StatusCode> {
-    let mut spans = [NO_SPAN; MAX_HEADERS];
-    let (len, count, method, path, minor) = {
-        let mut storage = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut []);
-        let len = match req.parse_with_uninit_headers(buf, &mut storage) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) if buf.len() > max_head => {
-                return Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
-            }
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(httparse::Error::TooManyHeaders) => {
-                return Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
-            }
-            Err(_) => return Err(StatusCode::BAD_REQUEST),
-        };
-        if len > max_head {
-            return Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
-        }
-        let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
-            .map_err(|_| StatusCode::BAD_REQUEST)?;
-        let path = req.path.map(|p| {
-            let start = h1::offset(buf, p.as_bytes()) as usize;
-            (start, start + p.len())
-        });
-        let count = h1::record_spans(buf, req.headers, &mut spans);
-        (len, count, method, path, req.version.unwrap_or(1))
-    };
-    let head = buf.split_to(len).freeze();
-    let (ps, pe) = path.ok_or(StatusCode::BAD_REQUEST)?;
-    // `get` then `slice_ref`: bounds are checked, never a panic on odd input.
-    let target = head.get(ps..pe).ok_or(StatusCode::BAD_REQUEST)?;
-    let uri =
-        Uri::from_maybe_shared(head.slice_ref(target)).map_err(|_| StatusCode::BAD_REQUEST)?;
-    let (headers, seen) = h1::header_map(&head, &spans[..count]).ok_or(StatusCode::BAD_REQUEST)?;
-    let version = if minor == 0 {
-        Version::HTTP_10
-    } else {
-        Version::HTTP_11
-    };
-    let body = request_framing(version, &headers, seen)?;
-    let keep_alive = match version {
-        Version::HTTP_11 => {
-            !(seen.connection && h1::has_token(&headers, header::CONNECTION, b"close"))
-        }
-        _ => seen.connection && h1::has_token(&headers, header::CONNECTION, b"keep-alive"),
-    };
-    let expect_continue = seen.expect
-        && headers
-            .get(header::EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    let mut req = Request::new(());
-    *req.method_mut() = method;
-    *req.uri_mut() = uri;
-    *req.version_mut() = version;
-    *req.headers_mut() = headers;
-    Ok(Some(Parsed {
-        req,
-        body,
-        keep_alive,
-        expect_continue,
-        upgrade: seen.upgrade,
-    }))
-}
-
-/// [`parse_request`] for the fuzzer: whether a head parsed, without exposing its shape.
-pub fn parse_request_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<()>, StatusCode> {
-    parse_request(buf, max_head).map(|p| p.map(|_| ()))
-}
-
-/// RFC 9112 §6.3 for requests, strictly: Transfer-Encoding with Content-Length, an unknown
-/// coding, or differing lengths are refused (request smuggling).
-fn request_framing(version: Version, h: &HeaderMap, seen: h1::Seen) -> Result<Framing, StatusCode> {
-    if seen.transfer_encoding {
-        if version == Version::HTTP_10 || seen.content_length {
-            return Err(StatusCode::BAD_REQUEST);
-        }
-        let mut codings = h
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .map(<[u8]>::trim_ascii)
-            .filter(|t| !t.is_empty());
-        return match (codings.next(), codings.next()) {
-            (Some(t), None) if t.eq_ignore_ascii_case(b"chunked") => Ok(Framing::Chunked),
-            _ => Err(StatusCode::BAD_REQUEST),
-        };
-    }
-    if !seen.content_length {
-        return Ok(Framing::None);
-    }
-    let length = h1::content_length(h).map_err(|_| StatusCode::BAD_REQUEST)?;
-    Ok(match length {
-        None | Some(0) => Framing::None,
-        Some(n) => Framing::Length(n),
-    })
-}
-
 /// What the connection does after an exchange.
 enum Next {
     KeepAlive,
@@ -295,17 +209,19 @@ enum Next {
     Upgraded,
 }
 
-/// One request and its response.
-async fn exchange<S: ClientIo>(
-    app: &Arc<App>,
+/// One request and its response. The request body is pumped to the handler while the
+/// loop also relays interim responses and watches for the final one: a final response
+/// that comes before the body is read is relayed at once, and the connection then closes.
+async fn exchange<S: ClientIo, H: Handler>(
+    handler: &H,
     info: ConnInfo,
     io: &mut S,
     buf: &mut BytesMut,
-    parsed: Parsed,
+    parsed: RequestHead,
 ) -> Next {
-    let Parsed {
+    let RequestHead {
         req,
-        body: framing,
+        framing,
         mut keep_alive,
         expect_continue,
         upgrade: wants_upgrade,
@@ -320,37 +236,107 @@ async fn exchange<S: ClientIo>(
             .insert(UpgradeSlot(Arc::new(parking_lot::Mutex::new(Some(tx)))));
         rx
     });
-    let res = if framing == Framing::None {
-        let req = Request::from_parts(parts, ReqBody::Empty);
-        proxy::handle_boxed(app.clone(), info, req).await
+    // Interim responses go to HTTP/1.1 clients only.
+    let mut interim_rx = (version == Version::HTTP_11).then(|| {
+        let (tx, rx) = mpsc::channel(4);
+        parts.extensions.insert(Interim(tx));
+        rx
+    });
+    // A chunked body that is already here and malformed is refused before anything goes
+    // to a backend (a later malformation aborts the upload instead).
+    if framing == Framing::Chunked && !buf.is_empty() {
+        let mut probe = h1::ChunkedDecoder::default();
+        let mut copy = buf.clone();
+        loop {
+            match probe.decode(&mut copy) {
+                Ok(Decoded::Data(_)) => {}
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::debug!(client = %info.peer, error = %e, "malformed request body");
+                    let _ = send(io, &error_response(e.status())).await;
+                    return Next::Close;
+                }
+            }
+        }
+    }
+    let mut decoder = BodyDecoder::new(framing);
+    let mut sent_continue = false;
+    let (body, mut tx) = if decoder.is_done() {
+        (ReqBody::Empty, None)
     } else {
-        if expect_continue
-            && io
-                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-                .await
-                .is_err()
-        {
-            return Next::Close;
+        if expect_continue {
+            if send(io, b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err() {
+                return Next::Close;
+            }
+            sent_continue = true;
         }
         let (tx, rx) = mpsc::channel(2);
-        let req = Request::from_parts(parts, ReqBody::Channel(rx));
-        let mut handling = proxy::handle_boxed(app.clone(), info, req);
-        let mut pumping = pin!(pump_body(io, buf, framing, tx));
-        let mut pumped = None;
-        let res = loop {
-            tokio::select! {
-                biased;
-                r = &mut handling => break r,
-                p = &mut pumping, if pumped.is_none() => pumped = Some(p),
-            }
-        };
-        // An answer before the whole body was read (or a broken body): the rest of the
-        // body is still on the wire, so the connection cannot carry another request.
-        if pumped != Some(true) {
-            keep_alive = false;
-        }
-        res
+        (ReqBody::Channel(rx), Some(tx))
     };
+    let mut handling = handler.call(info, Request::from_parts(parts, body));
+    let mut piece: Option<BodyPiece> = None;
+    let res = loop {
+        if piece.is_none() && tx.is_some() {
+            match decoder.decode(buf) {
+                Ok(Decoded::Data(d)) => piece = Some(BodyPiece::Data(d)),
+                Ok(Decoded::Done) => piece = Some(BodyPiece::End),
+                Ok(Decoded::NeedMore) => {}
+                Err(e) => {
+                    // Dropping the request aborts what went to the backend: it sees an
+                    // incomplete message, never a complete shorter one.
+                    tracing::debug!(client = %info.peer, error = %e, "malformed request body");
+                    drop(handling);
+                    let _ = send(io, &error_response(e.status())).await;
+                    return Next::Close;
+                }
+            }
+        }
+        let reading = tx.is_some() && piece.is_none();
+        let step = tokio::select! {
+            biased;
+            r = &mut handling => break r,
+            Some(h) = next_interim(&mut interim_rx) => {
+                if !(h.status == StatusCode::CONTINUE && sent_continue)
+                    && send(io, &interim_head(&h)).await.is_err()
+                {
+                    return Next::Close;
+                }
+                Step::Continue
+            }
+            permit = reserve(&tx), if piece.is_some() => match (permit, piece.take()) {
+                (Some(p), Some(x)) => {
+                    let end = matches!(x, BodyPiece::End);
+                    p.send(x);
+                    if end { Step::StopBody } else { Step::Continue }
+                }
+                // Nobody wants the rest of the body.
+                _ => Step::StopBody,
+            },
+            n = read_more(io, buf), if reading => match n {
+                Ok(n) if n > 0 => Step::Continue,
+                // The client went away mid-body: the dropped sender aborts the upload.
+                _ => Step::StopBody,
+            },
+        };
+        if let Step::StopBody = step {
+            tx = None;
+        }
+    };
+    // An answer before the whole body was read (or a broken body): the rest of the
+    // body is still on the wire, so the connection cannot carry another request.
+    if !decoder.is_done() {
+        keep_alive = false;
+    }
+    // Interim responses that came just before the final one still go first.
+    if let Some(rx) = &mut interim_rx {
+        while let Ok(h) = rx.try_recv() {
+            if !(h.status == StatusCode::CONTINUE && sent_continue)
+                && send(io, &interim_head(&h)).await.is_err()
+            {
+                return Next::Close;
+            }
+        }
+    }
     let Ok(res) = res;
     let (parts, body) = res.into_parts();
     if parts.status == StatusCode::SWITCHING_PROTOCOLS {
@@ -358,7 +344,7 @@ async fn exchange<S: ClientIo>(
             return Next::Close;
         };
         let mut out = BytesMut::new();
-        write_status_and_headers(&parts, &mut out);
+        write_status_and_headers(&parts, false, &mut out);
         out.put_slice(b"\r\n");
         if send(io, &out).await.is_err() {
             return Next::Close;
@@ -371,55 +357,92 @@ async fn exchange<S: ClientIo>(
         }
         return Next::Upgraded;
     }
+    // RFC 9112 §6.3: no body after HEAD, 1xx, 204 or 304; 204 never declares a length.
     let no_body = head_request
         || parts.status.is_informational()
         || parts.status == StatusCode::NO_CONTENT
         || parts.status == StatusCode::NOT_MODIFIED;
     let mut out = BytesMut::with_capacity(512);
-    let has_length = write_status_and_headers(&parts, &mut out);
-    let mut chunked = false;
-    if !no_body && !has_length {
-        if let Some(n) = body.size_hint().exact() {
-            out.put_slice(b"content-length: ");
-            out.put_slice(h1::decimal(n, &mut [0u8; 20]));
-            out.put_slice(b"\r\n");
-        } else if version == Version::HTTP_11 {
-            out.put_slice(b"transfer-encoding: chunked\r\n");
-            chunked = true;
-        } else {
-            keep_alive = false; // the body ends when the connection does
-        }
-    }
+    let keeps_length = no_body && parts.status != StatusCode::NO_CONTENT;
+    write_status_and_headers(&parts, keeps_length, &mut out);
+    let framing = if no_body {
+        Framing::Empty
+    } else if let Some(n) = body.size_hint().exact() {
+        Framing::Length(n)
+    } else if version == Version::HTTP_11 {
+        Framing::Chunked
+    } else {
+        keep_alive = false; // the body ends when the connection does
+        Framing::Close
+    };
     if !keep_alive {
         out.put_slice(b"connection: close\r\n");
     } else if version == Version::HTTP_10 {
         out.put_slice(b"connection: keep-alive\r\n");
     }
-    out.put_slice(b"\r\n");
+    let encoder = h1::finish_head(framing, &mut out);
     if no_body {
         drop(body);
-        return finish(io, &out, keep_alive).await;
+        return match send(io, &out).await {
+            Ok(()) if keep_alive => Next::KeepAlive,
+            _ => Next::Close,
+        };
     }
-    match write_body(io, out, body, chunked).await {
+    match write_body(io, out, body, encoder).await {
         true if keep_alive => Next::KeepAlive,
         _ => Next::Close,
     }
 }
 
-async fn finish<S: ClientIo>(io: &mut S, out: &[u8], keep_alive: bool) -> Next {
-    match send(io, out).await {
-        Ok(()) if keep_alive => Next::KeepAlive,
-        _ => Next::Close,
+/// What one turn of the exchange loop did.
+enum Step {
+    Continue,
+    /// No more of the request body goes to the handler.
+    StopBody,
+}
+
+/// The next interim response, or never when the client gets none.
+async fn next_interim(rx: &mut Option<mpsc::Receiver<InterimHead>>) -> Option<InterimHead> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
-/// Streams the response body after its head, gathering what is ready into one write.
-/// False: the body or the client failed, and the connection must close.
+/// Room for one more piece of the request body; `None` when the handler dropped it.
+async fn reserve(tx: &Option<mpsc::Sender<BodyPiece>>) -> Option<mpsc::Permit<'_, BodyPiece>> {
+    match tx {
+        Some(tx) => tx.reserve().await.ok(),
+        None => std::future::pending().await,
+    }
+}
+
+async fn read_more<S: ClientIo>(io: &mut S, buf: &mut BytesMut) -> io::Result<usize> {
+    if buf.capacity() - buf.len() < BODY_READ / 2 {
+        buf.reserve(BODY_READ);
+    }
+    io.read_buf(buf).await
+}
+
+/// An interim (1xx) response head.
+fn interim_head(h: &InterimHead) -> BytesMut {
+    let mut out = BytesMut::with_capacity(256);
+    status_line(h.status, None, &mut out);
+    for (name, value) in &h.headers {
+        h1::header_line(name.as_str().as_bytes(), value.as_bytes(), &mut out);
+    }
+    out.put_slice(b"\r\n");
+    out
+}
+
+/// Streams the response body after its head through the encoder its head declared,
+/// gathering what is ready into one write. False: the body, its framing or the client
+/// failed, and the connection must close (the client sees a truncated message).
 async fn write_body<S: ClientIo>(
     io: &mut S,
     mut out: BytesMut,
     mut body: ProxyBody,
-    chunked: bool,
+    mut encoder: BodyEncoder,
 ) -> bool {
     loop {
         // Take what the body has ready without waiting; write when it has to be waited for.
@@ -441,11 +464,10 @@ async fn write_body<S: ClientIo>(
                 let Ok(data) = frame.into_data() else {
                     continue;
                 };
-                if data.is_empty() {
-                    continue;
-                }
-                if chunked {
-                    h1::chunk_header(data.len(), &mut out);
+                if let Err(e) = encoder.prefix(data.len(), &mut out) {
+                    tracing::warn!(error = %e, "response body does not match its head; closing");
+                    let _ = send(io, &out).await;
+                    return false;
                 }
                 if data.len() > WRITE_BATCH {
                     if io.write_all(&out).await.is_err() || io.write_all(&data).await.is_err() {
@@ -455,9 +477,7 @@ async fn write_body<S: ClientIo>(
                 } else {
                     out.put_slice(&data);
                 }
-                if chunked {
-                    out.put_slice(b"\r\n");
-                }
+                encoder.suffix(data.len(), &mut out);
                 if out.len() >= WRITE_BATCH {
                     if io.write_all(&out).await.is_err() {
                         return false;
@@ -472,8 +492,10 @@ async fn write_body<S: ClientIo>(
                 return false;
             }
             None => {
-                if chunked {
-                    out.put_slice(b"0\r\n\r\n");
+                if let Err(e) = encoder.finish(&mut out) {
+                    tracing::warn!(error = %e, "response body ended early; closing");
+                    let _ = send(io, &out).await;
+                    return false;
                 }
                 return send(io, &out).await.is_ok();
             }
@@ -487,97 +509,47 @@ async fn send<S: ClientIo>(io: &mut S, bytes: &[u8]) -> io::Result<()> {
     io.flush().await
 }
 
-/// Reads the request body from the client and hands it on through `tx`. True when the
-/// whole body was read.
-async fn pump_body<S: ClientIo>(
-    io: &mut S,
-    buf: &mut BytesMut,
-    framing: Framing,
-    tx: mpsc::Sender<io::Result<Bytes>>,
-) -> bool {
-    let mut decoder = ChunkedDecoder::default();
-    let mut left = match framing {
-        Framing::Length(n) => n,
-        _ => 0,
-    };
-    loop {
-        let piece = match framing {
-            Framing::None => return true,
-            Framing::Length(_) if left == 0 => return true,
-            Framing::Length(_) if !buf.is_empty() => {
-                let n = left.min(buf.len() as u64);
-                left -= n;
-                Some(buf.split_to(n as usize).freeze())
-            }
-            Framing::Chunked if !buf.is_empty() => match decoder.decode(buf) {
-                Ok(Decoded::Data(d)) => Some(d),
-                Ok(Decoded::Done) => return true,
-                Ok(Decoded::NeedMore) => None,
-                Err(e) => {
-                    let _ = tx
-                        .send(Err(io::Error::new(io::ErrorKind::InvalidData, e)))
-                        .await;
-                    return false;
-                }
-            },
-            _ => None,
-        };
-        if let Some(piece) = piece {
-            if tx.send(Ok(piece)).await.is_err() {
-                return false; // nobody wants the rest
-            }
-            continue;
-        }
-        if buf.capacity() - buf.len() < BODY_READ / 2 {
-            buf.reserve(BODY_READ);
-        }
-        match io.read_buf(buf).await {
-            Ok(0) => {
-                let eof = io::Error::new(io::ErrorKind::UnexpectedEof, "client closed mid-body");
-                let _ = tx.send(Err(eof)).await;
-                return false;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                let _ = tx.send(Err(e)).await;
-                return false;
-            }
-        }
-    }
-}
-
-/// `HTTP/1.1 <status> <reason>` and the response's headers, plus `Date` if missing. True if
-/// the headers include `Content-Length`.
-fn write_status_and_headers(parts: &http::response::Parts, out: &mut BytesMut) -> bool {
+/// `HTTP/1.1 <status> <reason>`.
+fn status_line(status: StatusCode, reason: Option<&hyper::ext::ReasonPhrase>, out: &mut BytesMut) {
     out.put_slice(b"HTTP/1.1 ");
-    out.put_slice(parts.status.as_str().as_bytes());
+    out.put_slice(status.as_str().as_bytes());
     out.put_u8(b' ');
-    match parts.extensions.get::<hyper::ext::ReasonPhrase>() {
+    match reason {
         Some(r) => out.put_slice(r.as_bytes()),
-        None => out.put_slice(
-            parts
-                .status
-                .canonical_reason()
-                .unwrap_or("Unknown")
-                .as_bytes(),
-        ),
+        None => out.put_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes()),
     }
     out.put_slice(b"\r\n");
-    let (mut has_date, mut has_length) = (false, false);
+}
+
+/// The status line and the response's end-to-end headers, plus `Date` if missing. Framing
+/// headers are not copied (the head writer adds the one it declares), except the length a
+/// bodiless HEAD or 304 response may carry (`keep_length`).
+pub(crate) fn write_status_and_headers(
+    parts: &http::response::Parts,
+    keep_length: bool,
+    out: &mut BytesMut,
+) {
+    status_line(
+        parts.status,
+        parts.extensions.get::<hyper::ext::ReasonPhrase>(),
+        out,
+    );
+    let mut has_date = false;
     for (name, value) in &parts.headers {
         has_date |= name == header::DATE;
-        has_length |= name == header::CONTENT_LENGTH;
-        out.put_slice(name.as_str().as_bytes());
-        out.put_slice(b": ");
-        out.put_slice(value.as_bytes());
-        out.put_slice(b"\r\n");
+        if (name == header::CONTENT_LENGTH && !keep_length)
+            || h1::is_hop_by_hop(name.as_str().as_bytes())
+                && !(name == header::CONNECTION && parts.status == StatusCode::SWITCHING_PROTOCOLS)
+        {
+            continue;
+        }
+        h1::header_line(name.as_str().as_bytes(), value.as_bytes(), out);
     }
     if !has_date {
         out.put_slice(b"date: ");
         date::with(|d| out.put_slice(d));
         out.put_slice(b"\r\n");
     }
-    has_length
 }
 
 /// A response tether writes itself, closing the connection (bad or oversized heads).
@@ -622,79 +594,8 @@ mod date {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn parse(raw: &[u8]) -> Result<Option<Parsed>, StatusCode> {
-        parse_request(&mut BytesMut::from(raw), 65536)
-    }
-
-    #[test]
-    fn request_heads_parse_with_framing_and_keep_alive() {
-        let p = parse(b"POST /a?b=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
-            .unwrap()
-            .unwrap();
-        assert_eq!(p.req.method(), Method::POST);
-        assert_eq!(p.req.uri().path_and_query().unwrap().as_str(), "/a?b=1");
-        assert_eq!(p.req.headers()["host"], "x");
-        assert!(p.body == Framing::Length(5) && p.keep_alive && !p.expect_continue);
-        let p = parse(b"GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
-        assert!(!p.keep_alive && p.body == Framing::None);
-        let p = parse(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
-            .unwrap()
-            .unwrap();
-        assert!(p.keep_alive);
-        let p =
-            parse(b"PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n")
-                .unwrap()
-                .unwrap();
-        assert!(p.body == Framing::Chunked && p.expect_continue);
-        assert!(parse(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap().is_none());
-    }
-
-    #[test]
-    fn smuggling_shapes_and_garbage_are_400() {
-        for bad in [
-            &b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n"[..],
-            b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: xchunked\r\n\r\n",
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
-            b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
-            b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
-            b"GE\x01T / HTTP/1.1\r\n\r\n",
-            b"GET / HTTP/9.9\r\n\r\n",
-        ] {
-            assert_eq!(parse(bad).err(), Some(StatusCode::BAD_REQUEST), "{bad:?}");
-        }
-        let big = [b"GET / HTTP/1.1\r\nX: ".as_slice(), &[b'a'; 70000]].concat();
-        assert_eq!(
-            parse(&big).err(),
-            Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
-        );
-    }
-
-    proptest::proptest! {
-        /// Network input: any bytes give a parse, "need more", or a status — never a panic.
-        #[test]
-        fn request_parsing_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
-            let _ = parse(&bytes);
-        }
-
-        /// Mutations of a valid head with a chunked body: still no panic, in the head
-        /// parser or the body decoder.
-        #[test]
-        fn mutated_requests_never_panic(at in 0usize..120, byte in proptest::prelude::any::<u8>(), cut in 0usize..120) {
-            let mut raw = b"POST /a?b=1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nCookie: a=1\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_vec();
-            let at = at % raw.len();
-            raw[at] = byte;
-            raw.truncate(raw.len() - cut % raw.len());
-            let mut buf = BytesMut::from(&raw[..]);
-            if let Ok(Some(_)) = parse_request(&mut buf, 65536) {
-                let mut d = ChunkedDecoder::default();
-                while let Ok(Decoded::Data(_)) = d.decode(&mut buf) {}
-            }
-            let mut res = BytesMut::from(&raw[..]);
-            let _ = h1::parse_response(&mut res, false, 65536);
-        }
-    }
+    use http::Response;
+    use tokio::io::AsyncWriteExt;
 
     #[test]
     fn error_responses_have_a_matching_length() {
@@ -705,5 +606,98 @@ mod tests {
             head.contains(&format!("content-length: {}", body.len())),
             "{r}"
         );
+    }
+
+    /// Answers `METHOD TARGET BODY` for every request, after reading the whole body.
+    fn echo(_: ConnInfo, req: Request<ReqBody>) -> Handling {
+        Box::pin(async move {
+            let (parts, mut body) = req.into_parts();
+            let mut got = Vec::new();
+            while let Some(Ok(d)) = poll_fn(|cx| body.poll_data(cx)).await {
+                got.extend_from_slice(&d);
+            }
+            let text = format!(
+                "{} {} {}",
+                parts.method,
+                parts.uri,
+                String::from_utf8_lossy(&got)
+            );
+            Ok(Response::new(ProxyBody::full(text)))
+        })
+    }
+
+    /// Runs the loop over an in-memory pipe: the client writes `input` and half-closes;
+    /// returns everything the loop wrote, without `date` lines.
+    async fn script(input: &[u8]) -> String {
+        let (mut client, mut server) = tokio::io::duplex(1 << 20);
+        let info = ConnInfo {
+            peer: ([127, 0, 0, 1], 1).into(),
+            tls: false,
+        };
+        let limits = Limits {
+            header_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(2),
+            max_head: 8192,
+        };
+        let (_stop, rx) = watch::channel(false);
+        client.write_all(input).await.unwrap();
+        client.shutdown().await.unwrap();
+        let handler = HandlerFn(echo);
+        let mut out = Vec::new();
+        let serving = async {
+            serve(&handler, info, &mut server, limits, rx).await;
+            drop(server);
+        };
+        let (_, read) = tokio::join!(serving, client.read_to_end(&mut out));
+        read.unwrap();
+        String::from_utf8_lossy(&out)
+            .split_inclusive("\r\n")
+            .filter(|l| !l.starts_with("date: "))
+            .collect()
+    }
+
+    /// The loop alone, byte for byte: (source, client bytes, bytes written back).
+    #[tokio::test]
+    async fn connection_loop_case_table() {
+        let rows: [(&str, &[u8], &str); 7] = [
+            (
+                "RFC 9112 §9.3.2: pipelined requests answered in order",
+                b"GET /a HTTP/1.1\r\nHost: t\r\n\r\nPOST /b HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nxy",
+                "HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\nGET /a HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nPOST /b xy",
+            ),
+            (
+                "RFC 9112 §7.1: chunked body decoded, next request read after it",
+                b"POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /d HTTP/1.1\r\nHost: t\r\n\r\n",
+                "HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\nPOST /c abcHTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\nGET /d ",
+            ),
+            (
+                "RFC 9110 §10.1.1: 100 Continue for HTTP/1.1",
+                b"POST /e HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nExpect: 100-continue\r\n\r\nz",
+                "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nPOST /e z",
+            ),
+            (
+                "RFC 9110 §10.1.1: no 100 Continue for HTTP/1.0",
+                b"POST /f HTTP/1.0\r\nContent-Length: 1\r\nExpect: 100-continue\r\n\r\nz",
+                "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 9\r\n\r\nPOST /f z",
+            ),
+            (
+                "PortSwigger CL.TE: refused before the handler sees it",
+                b"POST /g HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 16\r\nconnection: close\r\n\r\n400 Bad Request\n",
+            ),
+            (
+                "RFC 9112 §7.1: malformed chunk is a 400 before the handler",
+                b"POST /h HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\nabc\r\n0\r\n\r\n",
+                "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 16\r\nconnection: close\r\n\r\n400 Bad Request\n",
+            ),
+            (
+                "RFC 9112 §9.3.6: CONNECT is 405",
+                b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
+                "HTTP/1.1 405 Method Not Allowed\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 23\r\nconnection: close\r\n\r\n405 Method Not Allowed\n",
+            ),
+        ];
+        for (source, input, want) in rows {
+            assert_eq!(script(input).await, want, "{source}");
+        }
     }
 }

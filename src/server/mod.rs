@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::net::SocketAddr;
 
@@ -214,14 +213,14 @@ pub async fn serve(
                     let result = match tls {
                         None => {
                             let mut stream = stream;
-                            match http1::serve(app, info, &mut stream, limits, stop).await {
+                            match http1::serve(&app, info, &mut stream, limits, stop).await {
                                 http1::Ended::Closed => Ok(()),
                                 // h2c with prior knowledge: hyper serves it, fed the bytes read.
                                 http1::Ended::H2 { buf } => {
                                     let io = Prefixed { prefix: buf.freeze(), inner: stream };
                                     let builder = builder(&settings);
-                                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-                                    watcher.watch(conn.into_owned()).await
+                                    let conn = builder.serve_connection(TokioIo::new(io), service);
+                                    watcher.watch(conn).await
                                 }
                             }
                         }
@@ -232,10 +231,10 @@ pub async fn serve(
                             };
                             if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
                                 let builder = builder(&settings);
-                                let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
-                                watcher.watch(conn.into_owned()).await
+                                let conn = builder.serve_connection(TokioIo::new(tls_stream), service);
+                                watcher.watch(conn).await
                             } else {
-                                match http1::serve(app, info, &mut tls_stream, limits, stop).await {
+                                match http1::serve(&app, info, &mut tls_stream, limits, stop).await {
                                     http1::Ended::Closed => Ok(()),
                                     // The HTTP/2 preface without ALPN h2: not served over TLS.
                                     http1::Ended::H2 { .. } => Ok(()),
@@ -350,18 +349,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     }
 }
 
-/// Per-connection HTTP settings from `[proxy]` (HTTP/2, and h1 upgrades served by hyper).
-fn builder(p: &ProxySettings) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        // Also bounds how long a keep-alive connection may sit idle before its next request.
-        .header_read_timeout(p.header_timeout.min(p.idle_timeout))
-        .max_buf_size(p.max_header_bytes.max(8192))
-        .keep_alive(true)
-        .writev(false);
-    b.http2()
-        .timer(TokioTimer::new())
+/// The HTTP/2 server for one connection (h2c with prior knowledge, or TLS with ALPN h2):
+/// HTTP/2 only, so a client that negotiated h2 and then speaks HTTP/1.1 gets a protocol
+/// error, never a second HTTP/1.1 implementation.
+fn builder(p: &ProxySettings) -> hyper::server::conn::http2::Builder<TokioExecutor> {
+    let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(p.max_header_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(p.idle_timeout))
         .keep_alive_timeout(p.header_timeout);

@@ -11,15 +11,14 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use crossbeam_queue::ArrayQueue;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::h1::{self, Decoded, Framing, ReqFraming, ResponseHead, WireError};
+use crate::h1::{self, BodyDecoder, BodyEncoder, Decoded, Framing, ResponseHead, WireError};
 use crate::state::{BackendShared, PoolShared};
 use crate::tls::BackendTls;
 
@@ -35,8 +34,18 @@ const READ_CHUNK: usize = 8192;
 /// tether's HTTP/1.1 connection loop through a channel), or none.
 pub enum ReqBody {
     Client(Incoming),
-    Channel(tokio::sync::mpsc::Receiver<io::Result<Bytes>>),
+    /// The channel closing without [`BodyPiece::End`] is an aborted body: the backend then
+    /// gets a message it can tell is incomplete, never a shorter complete one.
+    Channel(tokio::sync::mpsc::Receiver<BodyPiece>),
     Empty,
+}
+
+/// One piece of a request body read by the HTTP/1.1 loop.
+#[derive(Debug)]
+pub enum BodyPiece {
+    Data(Bytes),
+    /// The body is complete.
+    End,
 }
 
 impl ReqBody {
@@ -50,35 +59,71 @@ impl ReqBody {
     }
 
     /// The next piece of the body; `None` at its end.
-    async fn next_data(&mut self) -> Option<Result<Bytes, UpstreamError>> {
+    pub(crate) fn poll_data(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, UpstreamError>>> {
         match self {
             ReqBody::Client(incoming) => loop {
-                match incoming.frame().await? {
-                    Err(e) => return Some(Err(UpstreamError::ClientBody(Box::new(e)))),
+                match ready!(Pin::new(&mut *incoming).poll_frame(cx)) {
+                    None => return Poll::Ready(None),
+                    Some(Err(e)) => {
+                        return Poll::Ready(Some(Err(UpstreamError::ClientBody(Box::new(e)))))
+                    }
                     // Trailers are not forwarded.
-                    Ok(frame) => {
+                    Some(Ok(frame)) => {
                         if let Ok(data) = frame.into_data() {
-                            return Some(Ok(data));
+                            return Poll::Ready(Some(Ok(data)));
                         }
                     }
                 }
             },
-            ReqBody::Channel(rx) => rx
-                .recv()
-                .await
-                .map(|r| r.map_err(|e| UpstreamError::ClientBody(Box::new(e)))),
-            ReqBody::Empty => None,
+            ReqBody::Channel(rx) => Poll::Ready(match ready!(rx.poll_recv(cx)) {
+                Some(BodyPiece::Data(d)) => Some(Ok(d)),
+                Some(BodyPiece::End) => {
+                    *self = ReqBody::Empty;
+                    None
+                }
+                None => Some(Err(UpstreamError::ClientBody(
+                    "the client's body ended early or was malformed".into(),
+                ))),
+            }),
+            ReqBody::Empty => Poll::Ready(None),
         }
     }
 }
 
-/// A request ready for the wire: its encoded head and its body.
+/// Where the HTTP/1.1 loop wants interim (1xx) responses, put in the request's extensions
+/// for HTTP/1.1 clients only (RFC 9110 §15.2: never to HTTP/1.0 ones).
+#[derive(Clone)]
+pub struct Interim(pub tokio::sync::mpsc::Sender<InterimHead>);
+
+/// A 1xx response head from the backend.
+#[derive(Debug)]
+pub struct InterimHead {
+    pub status: http::StatusCode,
+    pub headers: http::HeaderMap,
+}
+
+impl Interim {
+    fn forward(&self, head: ResponseHead) {
+        // Interim responses are advisory: when the client side is slow, drop them.
+        let _ = self.0.try_send(InterimHead {
+            status: head.status,
+            headers: head.headers,
+        });
+    }
+}
+
+/// A request ready for the wire: its encoded head, the encoder for the framing the head
+/// declared, and its body.
 pub struct Outgoing {
     pub head: Bytes,
-    pub framing: ReqFraming,
+    pub encoder: BodyEncoder,
     pub body: ReqBody,
     /// A HEAD request: the response has no body whatever its headers say.
     pub head_request: bool,
+    pub interim: Option<Interim>,
 }
 
 /// The transport under a backend connection.
@@ -367,8 +412,10 @@ pub struct Exchange {
     pub conn: Conn,
 }
 
-/// Writes `req` on `conn` and reads the response head (skipping 1xx interim responses other
-/// than 101), all within `response_timeout`.
+/// Writes `req` on `conn` and reads the response head, all within `response_timeout`.
+/// Interim responses (1xx but 101) go to the request's [`Interim`] if it has one. A final
+/// response that arrives while the body is still going out ends the upload at once: it is
+/// returned, and the connection is not reused.
 pub async fn send(
     mut conn: Conn,
     req: Outgoing,
@@ -386,27 +433,45 @@ pub async fn send(
             error,
             unsent: None,
         };
-        let head_request = req.head_request;
-        // Boxed for the same reason as connect: most requests have no body.
-        let sent = match req.framing {
-            ReqFraming::None => Ok(()),
-            _ => Box::pin(send_body(&mut conn.io, req.body, req.framing)).await,
-        };
-        if let Err(e) = sent {
-            if matches!(e, UpstreamError::ClientBody(_)) {
-                return Err(fail(e));
-            }
-            // A backend may answer (413, 401) and close before reading the whole body:
-            // relay that answer if there is one.
-            match read_head(&mut conn, head_request, max_head).await {
-                Ok(mut head) => {
+        let Outgoing {
+            mut encoder,
+            body,
+            head_request,
+            interim,
+            ..
+        } = req;
+        let interim = interim.as_ref();
+        if encoder.framing() != Framing::Empty {
+            // Boxed for the same reason as connect: most requests have no body.
+            let sent = Box::pin(send_body(
+                &mut conn,
+                body,
+                &mut encoder,
+                head_request,
+                max_head,
+                interim,
+            ))
+            .await;
+            match sent {
+                Ok(None) => {}
+                Ok(Some(mut head)) => {
                     head.keep_alive = false;
                     return Ok(Exchange { head, conn });
                 }
-                Err(_) => return Err(fail(e)),
+                Err(e @ (UpstreamError::ClientBody(_) | UpstreamError::Wire(_))) => {
+                    return Err(fail(e))
+                }
+                // The backend stopped reading (and may have answered, e.g. 413 and close).
+                Err(e) => match read_head(&mut conn, head_request, max_head, interim).await {
+                    Ok(mut head) => {
+                        head.keep_alive = false;
+                        return Ok(Exchange { head, conn });
+                    }
+                    Err(_) => return Err(fail(e)),
+                },
             }
         }
-        read_head(&mut conn, head_request, max_head)
+        read_head(&mut conn, head_request, max_head, interim)
             .await
             .map(|head| Exchange { head, conn })
             .map_err(fail)
@@ -425,50 +490,90 @@ async fn write_all_flush(io: &mut Io, b: &[u8]) -> io::Result<()> {
     io.flush().await
 }
 
-/// Streams the request body, chunk-encoding it when its length is unknown.
+/// Streams the request body through `encoder` while watching for the response: `Ok(None)`
+/// once the whole body is written and flushed, `Ok(Some(head))` if a final response came
+/// first.
 async fn send_body(
-    io: &mut Io,
+    conn: &mut Conn,
     mut body: ReqBody,
-    framing: ReqFraming,
-) -> Result<(), UpstreamError> {
-    if framing == ReqFraming::None {
-        return Ok(());
-    }
+    encoder: &mut BodyEncoder,
+    head_request: bool,
+    max_head: usize,
+    interim: Option<&Interim>,
+) -> Result<Option<ResponseHead>, UpstreamError> {
     let mut out = BytesMut::new();
-    while let Some(data) = body.next_data().await {
-        let data = data?;
-        if data.is_empty() {
-            continue;
+    let mut ended = false;
+    let mut read_closed = false;
+    std::future::poll_fn(|cx| {
+        // The backend's side: an early answer ends the upload.
+        while !read_closed {
+            if !conn.buf.is_empty() {
+                match h1::parse_response(&mut conn.buf, head_request, max_head)? {
+                    Some(head) if is_interim(&head) => {
+                        if let Some(i) = interim {
+                            i.forward(head);
+                        }
+                        continue;
+                    }
+                    Some(head) => return Poll::Ready(Ok(Some(head))),
+                    None => {}
+                }
+            }
+            match conn.poll_fill(cx) {
+                Poll::Ready(Ok(0)) => read_closed = true,
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(UpstreamError::Io(e))),
+                Poll::Pending => break,
+            }
         }
-        if framing == ReqFraming::Chunked {
-            out.clear();
-            h1::chunk_header(data.len(), &mut out);
-            out.extend_from_slice(&data);
-            out.extend_from_slice(b"\r\n");
-            io.write_all(&out).await.map_err(UpstreamError::Io)?;
-        } else {
-            io.write_all(&data).await.map_err(UpstreamError::Io)?;
+        // The body, framed as the head declared.
+        loop {
+            if !out.is_empty() {
+                match ready!(Pin::new(&mut conn.io).poll_write(cx, &out)) {
+                    Ok(0) => {
+                        return Poll::Ready(Err(UpstreamError::Io(io::ErrorKind::WriteZero.into())))
+                    }
+                    Ok(n) => out.advance(n),
+                    Err(e) => return Poll::Ready(Err(UpstreamError::Io(e))),
+                }
+                continue;
+            }
+            if ended {
+                return Pin::new(&mut conn.io)
+                    .poll_flush(cx)
+                    .map(|r| r.map(|()| None).map_err(UpstreamError::Io));
+            }
+            match ready!(body.poll_data(cx)) {
+                Some(Ok(data)) => encoder.encode(&data, &mut out)?,
+                Some(Err(e)) => return Poll::Ready(Err(e)),
+                None => {
+                    encoder.finish(&mut out)?;
+                    ended = true;
+                }
+            }
         }
-    }
-    if framing == ReqFraming::Chunked {
-        io.write_all(b"0\r\n\r\n")
-            .await
-            .map_err(UpstreamError::Io)?;
-    }
-    io.flush().await.map_err(UpstreamError::Io)
+    })
+    .await
+}
+
+/// A 1xx response other than 101: the final answer follows.
+fn is_interim(head: &ResponseHead) -> bool {
+    head.status.is_informational() && head.status != http::StatusCode::SWITCHING_PROTOCOLS
 }
 
 async fn read_head(
     conn: &mut Conn,
     head_request: bool,
     max_head: usize,
+    interim: Option<&Interim>,
 ) -> Result<ResponseHead, UpstreamError> {
     loop {
         if let Some(head) = h1::parse_response(&mut conn.buf, head_request, max_head)? {
-            if head.status.is_informational()
-                && head.status != http::StatusCode::SWITCHING_PROTOCOLS
-            {
-                continue; // 100 Continue, 103 Early Hints: the final answer follows
+            if is_interim(&head) {
+                if let Some(i) = interim {
+                    i.forward(head);
+                }
+                continue;
             }
             return Ok(head);
         }
@@ -511,19 +616,12 @@ impl Drop for InFlight {
 /// ends or the client goes away.
 pub struct UpstreamBody {
     conn: Option<Conn>,
-    state: BodyState,
+    decoder: BodyDecoder,
     keep_alive: bool,
     /// An error was seen and will be returned on the next poll.
-    failing: bool,
+    failing: Option<UpstreamError>,
     backend: Arc<BackendShared>,
     in_flight: Option<InFlight>,
-}
-
-enum BodyState {
-    Length(u64),
-    Chunked(h1::ChunkedDecoder),
-    Close,
-    Done,
 }
 
 impl UpstreamBody {
@@ -533,22 +631,16 @@ impl UpstreamBody {
         in_flight: InFlight,
     ) -> (http::response::Parts, Self) {
         let Exchange { head, conn } = exchange;
-        let state = match head.framing {
-            Framing::Empty => BodyState::Done,
-            Framing::Length(n) => BodyState::Length(n),
-            Framing::Chunked => BodyState::Chunked(h1::ChunkedDecoder::default()),
-            Framing::Close => BodyState::Close,
-        };
         let mut body = UpstreamBody {
             conn: Some(conn),
-            state,
+            decoder: BodyDecoder::new(head.framing),
             keep_alive: head.keep_alive,
-            failing: false,
+            failing: None,
             backend,
             in_flight: Some(in_flight),
         };
         // An empty body (204, 304, HEAD) may never be polled: release it now.
-        if matches!(body.state, BodyState::Done) {
+        if body.decoder.is_done() {
             body.finish();
         }
         let mut res = http::Response::new(());
@@ -564,9 +656,9 @@ impl UpstreamBody {
         (res.into_parts().0, body)
     }
 
-    /// The body ended: a clean keep-alive connection goes back to the pool.
+    /// The body ended: a clean keep-alive connection goes back to the pool. Bytes past the
+    /// body (more than the backend declared) mean the connection is not reused.
     fn finish(&mut self) {
-        self.state = BodyState::Done;
         if let Some(c) = self.conn.take() {
             if self.keep_alive && c.buf.is_empty() {
                 self.backend.conns.put(c);
@@ -575,23 +667,18 @@ impl UpstreamBody {
         self.in_flight = None;
     }
 
-    /// Ends the body with an error. The first time, it yields once instead: hyper then
-    /// flushes the bytes it holds (the head, the last data) before the error closes the
-    /// client connection, so the client sees how far the body got.
+    /// Ends the body with an error, after yielding once: the client side then flushes the bytes it holds (the head, the last data) before the error
+    /// closes the client connection, so the client sees how far the body got.
     fn fail(
         &mut self,
         e: UpstreamError,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
-        if !self.failing {
-            self.failing = true;
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
-        }
-        self.state = BodyState::Done;
         self.conn = None;
         self.in_flight = None;
-        Poll::Ready(Some(Err(e)))
+        self.failing = Some(e);
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 
@@ -605,48 +692,38 @@ impl Body for UpstreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
         let this = &mut *self;
         loop {
+            if let Some(e) = this.failing.take() {
+                return Poll::Ready(Some(Err(e)));
+            }
             let Some(conn) = this.conn.as_mut() else {
                 return Poll::Ready(None);
             };
-            let buffered = !conn.buf.is_empty();
-            match &mut this.state {
-                BodyState::Done => {
-                    this.finish();
-                    return Poll::Ready(None);
-                }
-                BodyState::Length(left) if buffered => {
-                    let n = (*left).min(conn.buf.len() as u64);
-                    let data = conn.buf.split_to(n as usize).freeze();
-                    *left -= n;
-                    // hyper stops polling once Content-Length bytes are written: release the
-                    // connection with the last bytes rather than waiting for a `None`.
-                    if *left == 0 {
+            match this.decoder.decode(&mut conn.buf) {
+                Ok(Decoded::Data(data)) => {
+                    // The client side stops polling once the declared bytes are written:
+                    // release the connection with the last bytes, not at a `None`.
+                    if this.decoder.is_done() {
                         this.finish();
                     }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                BodyState::Chunked(d) if buffered => match d.decode(&mut conn.buf) {
-                    Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
-                    Ok(Decoded::Done) => {
+                Ok(Decoded::Done) => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(Decoded::NeedMore) => {}
+                Err(e) => return this.fail(e.into(), cx),
+            }
+            match ready!(conn.poll_fill(cx)) {
+                Ok(0) => match this.decoder.eof() {
+                    Ok(()) => {
+                        this.keep_alive = false;
                         this.finish();
                         return Poll::Ready(None);
                     }
-                    Ok(Decoded::NeedMore) => {}
+                    Err(WireError::BodyShort) => return this.fail(UpstreamError::Closed, cx),
                     Err(e) => return this.fail(e.into(), cx),
                 },
-                BodyState::Close if buffered => {
-                    let data = conn.buf.split().freeze();
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                _ => {}
-            }
-            match ready!(conn.poll_fill(cx)) {
-                Ok(0) if matches!(this.state, BodyState::Close) => {
-                    this.keep_alive = false;
-                    this.finish();
-                    return Poll::Ready(None);
-                }
-                Ok(0) => return this.fail(UpstreamError::Closed, cx),
                 Ok(_) => {}
                 Err(e) => return this.fail(UpstreamError::Io(e), cx),
             }
@@ -654,14 +731,13 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self.state, BodyState::Done)
+        self.failing.is_none() && (self.decoder.is_done() || self.conn.is_none())
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.state {
-            BodyState::Length(n) => SizeHint::with_exact(n),
-            BodyState::Done => SizeHint::with_exact(0),
-            _ => SizeHint::default(),
+        match self.decoder.exact_remaining() {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
         }
     }
 }
