@@ -125,9 +125,9 @@ pub fn http1_requests(data: &[u8]) {
         let complete = loop {
             match decoder.decode(&mut buf) {
                 Ok(Decoded::Data(d)) => {
-                    encoder
-                        .encode(&d, &mut forwarded)
-                        .expect("the decoder gave more than the head declared");
+                    if let Err(e) = encoder.encode(&d, &mut forwarded) {
+                        panic!("the decoder gave more than the head declared: {e}");
+                    }
                     body.extend_from_slice(&d);
                 }
                 Ok(Decoded::Done) => break true,
@@ -138,9 +138,9 @@ pub fn http1_requests(data: &[u8]) {
             aborted = true; // the upload is cut: no last chunk, fewer bytes than declared
             break;
         }
-        encoder
-            .finish(&mut forwarded)
-            .expect("a complete body is as long as declared");
+        if let Err(e) = encoder.finish(&mut forwarded) {
+            panic!("a complete body is not as long as declared: {e}");
+        }
         accepted.push((parts.method.to_string(), target.to_string(), body));
     }
     let mut at = 0;
