@@ -42,9 +42,11 @@ address = "127.0.0.1:$backend"
 TOML
 target/debug/tether run -c "$dir/tether.toml" >"$dir/tether.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 50); do
-  (echo >/dev/tcp/127.0.0.1/$https) 2>/dev/null && break
-  sleep 0.1
+for port in "$backend" "$https"; do
+  for _ in $(seq 100); do
+    (echo >/dev/tcp/127.0.0.1/$port) 2>/dev/null && break
+    sleep 0.1
+  done
 done
 
 status=0

@@ -21,6 +21,10 @@ pub const MAX_HEADERS: usize = 128;
 pub enum WireError {
     #[error("malformed head")]
     Head,
+    /// The first line does not end in `HTTP/1.x`: the peer does not speak HTTP/1 (an
+    /// HTTP/2 client with a bad preface, TLS on a plain port), so it gets no HTTP/1 answer.
+    #[error("not HTTP/1.x")]
+    Version,
     #[error("head too large")]
     TooLarge,
     #[error("request line too long")]
@@ -51,6 +55,7 @@ impl WireError {
             WireError::TooLarge => S::REQUEST_HEADER_FIELDS_TOO_LARGE,
             WireError::LineTooLong => S::URI_TOO_LONG,
             WireError::Connect => S::METHOD_NOT_ALLOWED,
+            WireError::Version => S::HTTP_VERSION_NOT_SUPPORTED,
             _ => S::BAD_REQUEST,
         }
     }

@@ -48,6 +48,7 @@ pub fn parse_request(
             }
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(httparse::Error::TooManyHeaders) => return Err(WireError::TooLarge),
+            Err(httparse::Error::Version) => return Err(WireError::Version),
             Err(_) => return Err(WireError::Head),
         };
         if len > max_head {

@@ -114,7 +114,10 @@ pub async fn serve<S: ClientIo, H: Handler>(
             Ok(Head::None) => return Ended::Closed,
             Err(e) => {
                 tracing::debug!(client = %info.peer, error = %e, "refused a request head");
-                let _ = send(io, &error_response(e.status())).await;
+                // A peer that does not speak HTTP/1.x cannot read an HTTP/1.1 answer.
+                if e != WireError::Version {
+                    let _ = send(io, &error_response(e.status())).await;
+                }
                 let _ = io.shutdown().await;
                 return Ended::Closed;
             }
