@@ -2,15 +2,15 @@
 # HTTP/2 conformance: runs h2spec (the full suite) against tether on loopback, over h2c
 # (prior knowledge) and over TLS with ALPN h2. tether serves HTTP/2 with hyper's
 # HTTP/2-only server; a failure here is a conformance regression.
-#   usage: tests/h2spec.sh            (h2spec from $H2SPEC, else target/h2spec)
-# Build h2spec from its source (summerwind/h2spec, MIT) with Debian's Go packages; a clean
-# machine installs golang-go as the e2e suite installs its servers.
+#   usage: tests/h2spec.sh            (h2spec from $H2SPEC, else target/h2spec, built
+#                                      by ../shared/tools/h2spec/build.sh if missing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 h2spec=${H2SPEC:-target/h2spec}
 if [ ! -x "$h2spec" ]; then
-  echo "h2spec not found at $h2spec: build it (summerwind/h2spec, GOPATH mode) and set H2SPEC" >&2
-  exit 1
+  # The shared tools (beside the checkout, as CI lays them out) build it offline from
+  # Debian's Go packages.
+  bash ../shared/tools/h2spec/build.sh "$h2spec"
 fi
 cargo build --quiet --bin tether
 dir=$(mktemp -d)
