@@ -128,10 +128,28 @@ pub async fn serve<S: ClientIo, H: Handler>(
             Next::Upgraded => return Ended::Closed,
             _ => {
                 let _ = io.shutdown().await;
+                Box::pin(linger(io)).await; // boxed: keeps the per-connection future small
                 return Ended::Closed;
             }
         }
     }
+}
+
+/// After closing our side, reads and discards what the client still sends (an upload
+/// answered early) for a moment: closing a socket with unread data resets the connection,
+/// which can destroy the response before the client reads it (RFC 9112 §9.6).
+async fn linger<S: ClientIo>(io: &mut S) {
+    let mut sink = vec![0u8; 8192];
+    let mut left: usize = 1 << 20;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while left > 0 {
+            match io.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
 }
 
 // Returned once per request and taken apart at once: boxing `Parsed` would only add an
