@@ -107,6 +107,7 @@ pub async fn serve<S: ClientIo, H: Handler>(
 ) -> Ended {
     let mut buf = BytesMut::new();
     let mut first = true;
+    let mut interim = None;
     loop {
         let parsed = match read_head(io, &mut buf, limits, &mut shutdown, first).await {
             Ok(Head::Request(p)) => p,
@@ -123,7 +124,7 @@ pub async fn serve<S: ClientIo, H: Handler>(
             }
         };
         first = false;
-        match exchange(handler, info, io, &mut buf, parsed).await {
+        match exchange(handler, info, io, &mut buf, &mut interim, parsed).await {
             Next::KeepAlive if !*shutdown.borrow() => {}
             Next::Upgraded => return Ended::Closed,
             _ => {
@@ -223,6 +224,9 @@ async fn read_head<S: ClientIo>(
     }
 }
 
+/// Where a connection's interim responses arrive.
+type InterimChannel = mpsc::Receiver<Box<InterimHead>>;
+
 /// What the connection does after an exchange.
 enum Next {
     KeepAlive,
@@ -238,6 +242,7 @@ async fn exchange<S: ClientIo, H: Handler>(
     info: ConnInfo,
     io: &mut S,
     buf: &mut BytesMut,
+    interim: &mut Option<(mpsc::Sender<Box<InterimHead>>, InterimChannel)>,
     parsed: RequestHead,
 ) -> Next {
     let RequestHead {
@@ -258,11 +263,15 @@ async fn exchange<S: ClientIo, H: Handler>(
         rx
     });
     // Interim responses go to HTTP/1.1 clients only.
-    let mut interim_rx = (version == Version::HTTP_11).then(|| {
-        let (tx, rx) = mpsc::channel(4);
-        parts.extensions.insert(Interim(tx));
-        rx
-    });
+    let mut interim_rx = None;
+    if version == Version::HTTP_11 {
+        // One channel per connection, made at its first HTTP/1.1 request: each request
+        // gets a sender handle (no allocation per request).
+        let (tx, rx) = interim.get_or_insert_with(|| mpsc::channel(4));
+        while rx.try_recv().is_ok() {} // nothing from an earlier exchange goes out now
+        parts.extensions.insert(Interim(tx.clone()));
+        interim_rx = Some(rx);
+    }
     // A chunked body that is already here and malformed is refused before anything goes
     // to a backend (a later malformation aborts the upload instead).
     if framing == Framing::Chunked && !buf.is_empty() {
@@ -349,7 +358,7 @@ async fn exchange<S: ClientIo, H: Handler>(
         keep_alive = false;
     }
     // Interim responses that came just before the final one still go first.
-    if let Some(rx) = &mut interim_rx {
+    if let Some(rx) = interim_rx {
         while let Ok(h) = rx.try_recv() {
             if !(h.status == StatusCode::CONTINUE && sent_continue)
                 && send(io, &interim_head(&h)).await.is_err()
@@ -423,7 +432,7 @@ enum Step {
 }
 
 /// The next interim response, or never when the client gets none.
-async fn next_interim(rx: &mut Option<mpsc::Receiver<InterimHead>>) -> Option<InterimHead> {
+async fn next_interim(rx: &mut Option<&mut InterimChannel>) -> Option<Box<InterimHead>> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,

@@ -96,7 +96,7 @@ impl ReqBody {
 /// Where the HTTP/1.1 loop wants interim (1xx) responses, put in the request's extensions
 /// for HTTP/1.1 clients only (RFC 9110 §15.2: never to HTTP/1.0 ones).
 #[derive(Clone)]
-pub struct Interim(pub tokio::sync::mpsc::Sender<InterimHead>);
+pub struct Interim(pub tokio::sync::mpsc::Sender<Box<InterimHead>>);
 
 /// A 1xx response head from the backend.
 #[derive(Debug)]
@@ -108,10 +108,10 @@ pub struct InterimHead {
 impl Interim {
     fn forward(&self, head: ResponseHead) {
         // Interim responses are advisory: when the client side is slow, drop them.
-        let _ = self.0.try_send(InterimHead {
+        let _ = self.0.try_send(Box::new(InterimHead {
             status: head.status,
             headers: head.headers,
-        });
+        }));
     }
 }
 
