@@ -1,16 +1,16 @@
-//! HTTP/1.1 on the wire, both directions, in one place: head parsing (`parse`), body
+//! HTTP/1.1 on the wire, both directions, in one place: head parsing (`request`, `parse` for responses and what both share), body
 //! decoding (`decode`), head and body encoding (`encode`), and the few shared pieces — the
 //! body-kind type, the error type, the hop-by-hop list and the token splitter.
 
 mod decode;
 mod encode;
 mod parse;
+mod request;
 
 pub use decode::{BodyDecoder, ChunkedDecoder, Decoded};
 pub use encode::{chunk_header, finish_head, header_line, request_line, BodyEncoder};
-pub use parse::{
-    content_length, decimal, parse_request, parse_response, RequestHead, ResponseHead,
-};
+pub use parse::{content_length, decimal, parse_response, ResponseHead};
+pub use request::{parse_request, RequestHead};
 
 /// Most headers a head may carry.
 pub const MAX_HEADERS: usize = 128;

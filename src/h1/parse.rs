@@ -1,112 +1,17 @@
-//! Head parsing, both directions: request heads from clients and response heads from
-//! backends, parsed with httparse into header maps that share the read buffer, then held
-//! to RFC 9112's framing rules (strictly for requests: anything ambiguous is refused).
+//! Response heads from backends, parsed with httparse into header maps that share the read
+//! buffer, and the pieces both head parsers share (spans, header maps, lengths, versions).
 
 use std::mem::MaybeUninit;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, StatusCode, Uri, Version};
+use http::{StatusCode, Version};
 
-use super::{has_token, is_hop_by_hop, tokens, Framing, WireError, MAX_HEADERS};
-
-/// A parsed request head.
-#[derive(Debug)]
-pub struct RequestHead {
-    /// Method, target, version and headers; the framing headers are normalised: at most one
-    /// `Content-Length` (identical duplicates collapsed), never `Transfer-Encoding`.
-    pub req: Request<()>,
-    pub framing: Framing,
-    pub keep_alive: bool,
-    /// HTTP/1.1 with `Expect: 100-continue` (HTTP/1.0 clients get no 100).
-    pub expect_continue: bool,
-    /// The request carries `Upgrade` (WebSocket and the like).
-    pub upgrade: bool,
-}
-
-/// Parses one request head from the front of `buf`, removing it. `Ok(None)`: more bytes
-/// are needed. Every refusal is an error whose [`WireError::status`] answers the client.
-pub fn parse_request(
-    buf: &mut BytesMut,
-    max_head: usize,
-) -> Result<Option<RequestHead>, WireError> {
-    let line_end = memchr::memchr(b'\n', buf);
-    if line_end.is_none_or(|i| i > max_head) && buf.len() > max_head {
-        return Err(WireError::LineTooLong);
-    }
-    if let Some(i) = line_end {
-        accept_any_minor(&mut buf[..i], true);
-    }
-    let mut spans = [NO_SPAN; MAX_HEADERS];
-    let (len, count, method, path, minor) = {
-        let mut storage = [const { MaybeUninit::uninit() }; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut []);
-        let len = match req.parse_with_uninit_headers(buf, &mut storage) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) if buf.len() > max_head => {
-                return Err(WireError::TooLarge)
-            }
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(httparse::Error::TooManyHeaders) => return Err(WireError::TooLarge),
-            Err(httparse::Error::Version) => return Err(WireError::Version),
-            Err(_) => return Err(WireError::Head),
-        };
-        if len > max_head {
-            return Err(WireError::TooLarge);
-        }
-        let method =
-            Method::from_bytes(req.method.unwrap_or("").as_bytes()).map_err(|_| WireError::Head)?;
-        let path = req.path.map(|p| {
-            let start = offset(buf, p.as_bytes()) as usize;
-            (start, start + p.len())
-        });
-        let count = record_spans(buf, req.headers, &mut spans);
-        (len, count, method, path, req.version.unwrap_or(1))
-    };
-    let head = buf.split_to(len).freeze();
-    strict_line_ends(&head)?;
-    let (ps, pe) = path.ok_or(WireError::Head)?;
-    // `get` then `slice_ref`: bounds are checked, never a panic on odd input.
-    let target = head.get(ps..pe).ok_or(WireError::Head)?;
-    let uri = Uri::from_maybe_shared(head.slice_ref(target)).map_err(|_| WireError::Target)?;
-    if method == Method::CONNECT {
-        return Err(WireError::Connect);
-    }
-    check_target(&method, &uri)?;
-    let (mut headers, seen) = header_map(&head, &spans[..count]).ok_or(WireError::Head)?;
-    let version = if minor == 0 {
-        Version::HTTP_10
-    } else {
-        Version::HTTP_11
-    };
-    check_host(version, &headers)?;
-    let framing = request_framing(version, &mut headers, seen)?;
-    let keep_alive = match version {
-        Version::HTTP_11 => !(seen.connection && has_token(&headers, header::CONNECTION, b"close")),
-        _ => seen.connection && has_token(&headers, header::CONNECTION, b"keep-alive"),
-    };
-    let expect_continue = seen.expect
-        && version == Version::HTTP_11
-        && headers
-            .get(header::EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    let mut req = Request::new(());
-    *req.method_mut() = method;
-    *req.uri_mut() = uri;
-    *req.version_mut() = version;
-    *req.headers_mut() = headers;
-    Ok(Some(RequestHead {
-        req,
-        framing,
-        keep_alive,
-        expect_continue,
-        upgrade: seen.upgrade,
-    }))
-}
+use super::{is_hop_by_hop, tokens, Framing, WireError, MAX_HEADERS};
 
 /// RFC 9112 §2.3: `HTTP/1.x` with any minor version is read as HTTP/1.1. httparse knows
 /// only 1.0 and 1.1, so a higher minor digit in the first line is rewritten to 1 in place.
-fn accept_any_minor(line: &mut [u8], request: bool) {
+pub(super) fn accept_any_minor(line: &mut [u8], request: bool) {
     let line = match line.last() {
         Some(b'\r') if request => {
             let n = line.len() - 1;
@@ -125,102 +30,6 @@ fn accept_any_minor(line: &mut [u8], request: bool) {
     if v.starts_with(b"HTTP/1.") && (b'2'..=b'9').contains(&v[7]) {
         v[7] = b'1';
     }
-}
-
-/// RFC 9112 §2.2: tether accepts CRLF only — a bare LF (which httparse allows) or a bare
-/// CR in a head is refused, as a peer might split lines differently.
-fn strict_line_ends(head: &[u8]) -> Result<(), WireError> {
-    let lf_ok = memchr::memchr_iter(b'\n', head).all(|i| i > 0 && head[i - 1] == b'\r');
-    let cr_ok = memchr::memchr_iter(b'\r', head).all(|i| head.get(i + 1) == Some(&b'\n'));
-    if lf_ok && cr_ok {
-        Ok(())
-    } else {
-        Err(WireError::Head)
-    }
-}
-
-/// RFC 9112 §3.2: origin-form, absolute-form without userinfo, or `*` for OPTIONS. The
-/// authority-form belongs to CONNECT only, which is refused before this.
-fn check_target(method: &Method, uri: &Uri) -> Result<(), WireError> {
-    match (uri.scheme(), uri.authority()) {
-        (Some(scheme), Some(authority)) => {
-            let http = scheme == &http::uri::Scheme::HTTP || scheme == &http::uri::Scheme::HTTPS;
-            if !http || authority.as_str().contains('@') || authority.host().is_empty() {
-                return Err(WireError::Target);
-            }
-            Ok(())
-        }
-        (None, None) => {
-            let path = uri.path();
-            if path.starts_with('/') || (path == "*" && method == Method::OPTIONS) {
-                Ok(())
-            } else {
-                Err(WireError::Target)
-            }
-        }
-        _ => Err(WireError::Target),
-    }
-}
-
-/// RFC 9112 §3.2: exactly one `Host` on HTTP/1.1 (at most one on 1.0), a valid authority
-/// without userinfo.
-fn check_host(version: Version, h: &HeaderMap) -> Result<(), WireError> {
-    let mut hosts = h.get_all(header::HOST).iter();
-    match (hosts.next(), hosts.next()) {
-        (None, _) if version == Version::HTTP_10 => Ok(()),
-        (Some(v), None) => {
-            let v = v.as_bytes();
-            if v.is_empty() {
-                return Ok(()); // allowed when the target has no authority (RFC 9112 §3.2)
-            }
-            match http::uri::Authority::try_from(v) {
-                Ok(a) if !a.as_str().contains('@') => Ok(()),
-                _ => Err(WireError::Host),
-            }
-        }
-        _ => Err(WireError::Host),
-    }
-}
-
-/// RFC 9112 §6.3 for requests, strictly: Transfer-Encoding with Content-Length, any coding
-/// but a single `chunked`, or differing lengths are refused (request smuggling). Identical
-/// lengths are collapsed into one header.
-fn request_framing(version: Version, h: &mut HeaderMap, seen: Seen) -> Result<Framing, WireError> {
-    if seen.transfer_encoding {
-        if version == Version::HTTP_10 || seen.content_length {
-            return Err(WireError::TransferEncoding);
-        }
-        let mut codings = h
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .map(<[u8]>::trim_ascii);
-        return match (codings.next(), codings.next()) {
-            (Some(t), None) if t.eq_ignore_ascii_case(b"chunked") => {
-                h.remove(header::TRANSFER_ENCODING);
-                Ok(Framing::Chunked)
-            }
-            _ => Err(WireError::TransferEncoding),
-        };
-    }
-    if !seen.content_length {
-        return Ok(Framing::Empty);
-    }
-    let length = content_length(h)?;
-    if let Some(n) = length {
-        let mut digits = [0u8; 20];
-        let d = decimal(n, &mut digits);
-        let mut all = h.get_all(header::CONTENT_LENGTH).iter();
-        let single = matches!((all.next(), all.next()), (Some(v), None) if v.as_bytes() == d);
-        if !single {
-            let v = HeaderValue::from_bytes(d).map_err(|_| WireError::Length)?;
-            h.insert(header::CONTENT_LENGTH, v);
-        }
-    }
-    Ok(match length {
-        None | Some(0) => Framing::Empty,
-        Some(n) => Framing::Length(n),
-    })
 }
 
 /// A parsed response head.
@@ -442,7 +251,7 @@ fn framing(status: StatusCode, head_request: bool, hop: &HopFacts) -> Result<Fra
 }
 
 /// Plain decimal digits (no sign, no spaces), at most 19 of them.
-fn parse_decimal(s: &[u8]) -> Option<u64> {
+pub(super) fn parse_decimal(s: &[u8]) -> Option<u64> {
     if s.is_empty() || s.len() > 19 {
         return None;
     }
@@ -482,11 +291,15 @@ pub fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
 
 /// Where one header's name and value sit in the buffer httparse read (start, end, start,
 /// end), kept so the parser's borrow can end before the head is split off and frozen.
-type Span = (u32, u32, u32, u32);
-const NO_SPAN: Span = (0, 0, 0, 0);
+pub(super) type Span = (u32, u32, u32, u32);
+pub(super) const NO_SPAN: Span = (0, 0, 0, 0);
 
 /// Records where `headers` (which point into `buf`) are; returns how many.
-fn record_spans(buf: &[u8], headers: &[httparse::Header<'_>], out: &mut [Span]) -> usize {
+pub(super) fn record_spans(
+    buf: &[u8],
+    headers: &[httparse::Header<'_>],
+    out: &mut [Span],
+) -> usize {
     for (span, h) in out.iter_mut().zip(headers) {
         let n = offset(buf, h.name.as_bytes());
         let v = offset(buf, h.value);
@@ -498,16 +311,16 @@ fn record_spans(buf: &[u8], headers: &[httparse::Header<'_>], out: &mut [Span]) 
 /// Which framing-related headers a head carries, noted while its map is built so the
 /// usual absent case costs no lookups.
 #[derive(Debug, Default, Clone, Copy)]
-struct Seen {
-    connection: bool,
-    content_length: bool,
-    transfer_encoding: bool,
-    upgrade: bool,
-    expect: bool,
+pub(super) struct Seen {
+    pub(super) connection: bool,
+    pub(super) content_length: bool,
+    pub(super) transfer_encoding: bool,
+    pub(super) upgrade: bool,
+    pub(super) expect: bool,
 }
 
 /// The header map, its values sharing `head` (the split-off head) without copies.
-fn header_map(head: &Bytes, spans: &[Span]) -> Option<(HeaderMap, Seen)> {
+pub(super) fn header_map(head: &Bytes, spans: &[Span]) -> Option<(HeaderMap, Seen)> {
     let mut headers = HeaderMap::with_capacity(spans.len());
     let mut seen = Seen::default();
     for &(ns, ne, vs, ve) in spans {
@@ -531,7 +344,7 @@ fn header_map(head: &Bytes, spans: &[Span]) -> Option<(HeaderMap, Seen)> {
 }
 
 /// Where `part` (a slice of `buf`) starts in `buf`.
-fn offset(buf: &[u8], part: &[u8]) -> u32 {
+pub(super) fn offset(buf: &[u8], part: &[u8]) -> u32 {
     (part.as_ptr() as usize).saturating_sub(buf.as_ptr() as usize) as u32
 }
 
@@ -686,71 +499,5 @@ mod tests {
         );
         let big = [b"HTTP/1.1 200 OK\r\nX: ".as_slice(), &[b'a'; 70000]].concat();
         assert_eq!(parse(&big, false).unwrap_err(), WireError::TooLarge);
-    }
-
-    fn req(raw: &[u8]) -> Result<Option<RequestHead>, WireError> {
-        parse_request(&mut BytesMut::from(raw), 65536)
-    }
-
-    #[test]
-    fn request_heads_parse_with_framing_and_keep_alive() {
-        let p = req(b"POST /a?b=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
-            .unwrap()
-            .unwrap();
-        assert_eq!(p.req.method(), Method::POST);
-        assert_eq!(p.req.uri().path_and_query().unwrap().as_str(), "/a?b=1");
-        assert_eq!(p.req.headers()["host"], "x");
-        assert!(p.framing == Framing::Length(5) && p.keep_alive && !p.expect_continue);
-        let p = req(b"GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
-        assert!(!p.keep_alive && p.framing == Framing::Empty);
-        let p = req(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
-            .unwrap()
-            .unwrap();
-        assert!(p.keep_alive);
-        let p = req(
-            b"PUT / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n",
-        )
-        .unwrap()
-        .unwrap();
-        assert!(p.framing == Framing::Chunked && p.expect_continue);
-        assert!(p.req.headers().get(header::TRANSFER_ENCODING).is_none());
-        assert!(req(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap().is_none());
-        let p =
-            req(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\ncontent-length: 3, 3\r\n\r\n")
-                .unwrap()
-                .unwrap();
-        let lengths: Vec<_> = p
-            .req
-            .headers()
-            .get_all(header::CONTENT_LENGTH)
-            .iter()
-            .collect();
-        assert_eq!(lengths, ["3"], "identical lengths collapse into one");
-    }
-
-    proptest::proptest! {
-        /// Network input: any bytes give a parse, "need more", or an error — never a panic.
-        #[test]
-        fn request_parsing_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
-            let _ = req(&bytes);
-            let _ = parse(&bytes, false);
-        }
-
-        /// Mutations of a valid head with a chunked body: still no panic, in the head
-        /// parsers or the body decoder.
-        #[test]
-        fn mutated_requests_never_panic(at in 0usize..120, byte in proptest::prelude::any::<u8>(), cut in 0usize..120) {
-            let mut raw = b"POST /a?b=1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nCookie: a=1\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_vec();
-            let at = at % raw.len();
-            raw[at] = byte;
-            raw.truncate(raw.len() - cut % raw.len());
-            let mut buf = BytesMut::from(&raw[..]);
-            if let Ok(Some(_)) = parse_request(&mut buf, 65536) {
-                let mut d = crate::h1::ChunkedDecoder::default();
-                while let Ok(crate::h1::Decoded::Data(_)) = d.decode(&mut buf) {}
-            }
-            let mut res = BytesMut::from(&raw[..]);
-            let _ = parse_response(&mut res, false, 65536);
-        }
     }
 }
