@@ -3,11 +3,15 @@
 //! sends, and exactly what tether must emit on the other side. The backend here reads
 //! requests with its own parser (httparse plus strict length rules written for this file),
 //! so a framing disagreement with tether's parser shows up as a different request list.
+// Test code: a panic on a setup failure is how a test fails (see [lints] in Cargo.toml).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -39,14 +43,14 @@ async fn recording_backend(reply: &'static [u8]) -> (SocketAddr, Seen) {
                 loop {
                     match read_request(&mut s, &mut buf).await {
                         Some(req) => {
-                            record.lock().unwrap().push(req);
+                            record.lock().push(req);
                             if s.write_all(reply).await.is_err() {
                                 return;
                             }
                         }
                         None => {
                             if !buf.is_empty() {
-                                record.lock().unwrap().push(INCOMPLETE.to_vec());
+                                record.lock().push(INCOMPLETE.to_vec());
                             }
                             return;
                         }
@@ -298,7 +302,6 @@ async fn request_direction_case_table() {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let seen: Vec<String> = seen
             .lock()
-            .unwrap()
             .iter()
             .map(|r| String::from_utf8_lossy(r).into_owned())
             .collect();
@@ -339,7 +342,7 @@ async fn oversized_request_line_is_414_and_head_431() {
     assert!(exchange(proxy.addr, head.as_bytes())
         .await
         .starts_with("HTTP/1.1 431 "));
-    assert!(seen.lock().unwrap().is_empty());
+    assert!(seen.lock().is_empty());
 }
 
 /// A response row: what the backend answers to `GET /` (or `HEAD /`) and exactly what
@@ -537,5 +540,5 @@ async fn http10_clients_get_no_100_continue() {
     .await;
     assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
     assert!(!got.contains("100 Continue"), "{got}");
-    assert_eq!(seen.lock().unwrap().len(), 1);
+    assert_eq!(seen.lock().len(), 1);
 }
