@@ -36,6 +36,7 @@ pub mod explain;
 pub mod fuzz_targets;
 pub mod h1;
 pub mod health;
+pub mod history;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;
