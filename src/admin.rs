@@ -86,6 +86,8 @@ async fn route(
         .collect();
     let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
     match (req.method(), segments.as_slice()) {
+        (&Method::GET, [""]) => crate::dashboard::page(),
+        (&Method::GET, ["history"]) => json_reply(StatusCode::OK, app.history.to_json()),
         (&Method::GET, ["healthz"]) => reply(StatusCode::OK, "text/plain", "ok\n"),
         (&Method::GET, ["status"]) => json_reply(StatusCode::OK, status(app)),
         (&Method::GET, ["metrics"]) => reply(
@@ -126,7 +128,7 @@ async fn route(
             set_state(app, pool, id, state)
         }
         (&Method::GET, ["pools", pool, "backends", id]) => backend(app, pool, id),
-        (_, ["healthz"] | ["status"] | ["metrics"] | ["reload"])
+        (_, [""] | ["history"] | ["healthz"] | ["status"] | ["metrics"] | ["reload"])
         | (_, ["pools", _, "backends", _])
         | (_, ["pools", _, "backends", _, _]) => {
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")

@@ -54,6 +54,8 @@ pub struct App {
     pub tunnels: Arc<AtomicU64>,
     /// Backends found by DNS (kept across reloads).
     pub discovery: Arc<Discovery>,
+    /// The dashboard's last 15 minutes, sampled every 2 s.
+    pub history: crate::history::History,
     /// Serializes snapshot builds (reloads and discovery changes), so none is lost.
     install_lock: Mutex<()>,
     /// Serializes whole reloads (read, validate, install, remember the text), so a watcher
@@ -103,6 +105,7 @@ impl App {
             close_tunnels: tokio::sync::watch::channel(false).0,
             tunnels: Arc::new(AtomicU64::new(0)),
             discovery: Arc::new(Discovery::new(lookup)),
+            history: crate::history::History::default(),
             install_lock: Mutex::new(()),
             reload_lock: Mutex::new(()),
         };
@@ -130,6 +133,17 @@ impl App {
                         b.shared.observe_up();
                     }
                 }
+            }
+        });
+        // The dashboard's history: reads the counters, never touches the request path.
+        let weak = Arc::downgrade(&app);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(crate::history::INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(app) = weak.upgrade() else { return };
+                app.history.sample(&app.snapshot(), crate::state::unix_ms());
             }
         });
         // Close idle backend connections nobody will reuse.

@@ -26,6 +26,7 @@ pub mod app;
 pub mod balancer;
 pub mod config;
 pub mod ctl;
+pub mod dashboard;
 pub mod demo;
 pub mod discovery;
 pub mod explain;
