@@ -9,11 +9,13 @@ need_apt=()
 [ -x /usr/share/tomcat10/bin/catalina.sh ] || need_apt+=(tomcat10)
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || need_apt+=(dnsmasq-base)
+[ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || need_apt+=(chromium chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
+python3 -c 'import selenium' 2>/dev/null || python3 -m pip install -q selenium
 python3 -c 'import flask, gunicorn' 2>/dev/null || {
   echo "== installing flask gunicorn"
   python3 -m pip install -q flask gunicorn
@@ -24,3 +26,4 @@ pkill -f 'org.apache.catalina.startup.Bootstrap' 2>/dev/null || true
 cargo build -q --bin tether
 python3 tests/e2e/e2e.py
 python3 tests/e2e/e2e_dns.py
+python3 tests/e2e/e2e_dashboard.py
