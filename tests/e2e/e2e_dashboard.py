@@ -7,7 +7,7 @@ Python HTTP backends, all on 127.0.0.1. Checks:
 
 - the page lists every backend with the state /status gives (one disabled beforehand);
 - traffic makes the request-rate curve rise;
-- clicking Drain (the page asks for the admin token) turns the backend draining in /status
+- clicking Drain (the page asks for the admin token, again after a wrong one) turns the backend draining in /status
   and on the page;
 - its pinned-requests curve rises while its sessions keep coming and falls to zero after
   they stop;
@@ -100,15 +100,20 @@ def serve(name):
 
 
 class Session:
-    """A browser-like client: keeps tether's cookie."""
+    """A browser-like client: keeps tether's cookie; its client address is sent in
+    X-Forwarded-For (the config trusts it from loopback), so new sessions spread as users
+    behind different addresses would."""
 
-    def __init__(self, port):
+    def __init__(self, port, ip):
         self.port = port
+        self.ip = ip
         self.cookie = None
 
     def get(self):
         c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-        headers = {"Cookie": f"TETHER={self.cookie}"} if self.cookie else {}
+        headers = {"X-Forwarded-For": self.ip}
+        if self.cookie:
+            headers["Cookie"] = f"TETHER={self.cookie}"
         c.request("GET", "/", headers=headers)
         r = c.getresponse()
         r.read()
@@ -170,6 +175,9 @@ def main():
 [listen]
 http = ["127.0.0.1:{http_port}"]
 
+[proxy]
+trusted_proxies = ["127.0.0.1/32"]
+
 [admin]
 listen = "127.0.0.1:{admin_port}"
 token = "{TOKEN}"
@@ -217,7 +225,7 @@ interval = "1s"
             assert "not answering" not in driver.find_element(By.ID, "live").text
         check("the page lists every backend with its /status state", lists_every_backend)
 
-        sessions = [Session(http_port) for _ in range(12)]
+        sessions = [Session(http_port, f"10.9.0.{i + 1}") for i in range(12)]
 
         def rate_rises():
             before = [plot_last(b, 0) or 0.0 for b in ["app1", "app2"]]
@@ -246,10 +254,15 @@ interval = "1s"
         def drain_by_click():
             button = row(target).find_element(By.CSS_SELECTOR, 'button[data-action="drain"]')
             button.click()
-            wait_for("the token prompt", lambda: driver.switch_to.alert is not None, 10)
-            alert = driver.switch_to.alert
-            alert.send_keys(TOKEN)
-            alert.accept()
+            # A wrong token first: refused, asked for again.
+            for token in ["not-the-token", TOKEN]:
+                wait_for("the token prompt", lambda: driver.switch_to.alert is not None, 10)
+                alert = driver.switch_to.alert
+                alert.send_keys(token)
+                alert.accept()
+                if token != TOKEN:
+                    time.sleep(0.5)
+                    assert status_states(admin_port)[target] == "up", "drained by a wrong token"
             wait_for(f"{target} draining in /status",
                      lambda: status_states(admin_port)[target] == "draining", 10)
             wait_for(f"{target} draining on the page",
