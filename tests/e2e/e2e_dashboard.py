@@ -11,6 +11,7 @@ Python HTTP backends, all on 127.0.0.1. Checks:
   and on the page;
 - its pinned-requests curve rises while its sessions keep coming and falls to zero after
   they stop;
+- the buttons work by keyboard (Tab, Enter) with a visible focus ring, keeping focus;
 - stopping tether shows the "not answering" state.
 
 Screenshots: target/dashboard.png (while draining) and target/dashboard-down.png. Run by
@@ -32,6 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
@@ -285,6 +287,25 @@ interval = "1s"
             driver.save_screenshot(os.path.join(SHOTS, "dashboard.png"))
         check("the pinned-requests curve falls to zero after the sessions stop",
               pinned_curve_falls)
+
+        def keyboard():
+            drain = row(target).find_element(By.CSS_SELECTOR, 'button[data-action="drain"]')
+            enable = row(target).find_element(By.CSS_SELECTOR, 'button[data-action="enable"]')
+            drain.send_keys("")  # focus it, as a click or Tab would
+            driver.switch_to.active_element.send_keys(Keys.TAB)
+            focused = driver.switch_to.active_element
+            assert focused == enable, "Tab from Drain does not reach Enable"
+            outline = driver.execute_script(
+                "const s = getComputedStyle(document.activeElement);"
+                "return [s.outlineStyle, s.outlineWidth];")
+            assert outline[0] != "none" and outline[1] != "0px", f"no focus ring: {outline}"
+            focused.send_keys(Keys.ENTER)
+            wait_for(f"{target} up again in /status",
+                     lambda: status_states(admin_port)[target] == "up", 10)
+            wait_for(f"{target} up again on the page",
+                     lambda: row(target).get_attribute("data-state") == "up", 10)
+            assert driver.switch_to.active_element == enable, "the button lost focus"
+        check("keyboard: Tab to Enable, Enter re-enables, focus stays and shows", keyboard)
 
         def not_answering():
             tether.send_signal(signal.SIGKILL)
