@@ -451,5 +451,21 @@ address = "127.0.0.1:2"
         for v in series(&h, "a", "requests_per_s") {
             assert!(v.is_null() || v.as_f64().is_some_and(|x| x >= 0.0));
         }
+
+        // A pool renamed away: the old one gets gaps, then goes after a full window.
+        let renamed = snapshot(&moved.replace("pools.shop", "pools.cart"), &registry);
+        h.sample(&renamed, 2_000_000);
+        let doc = h.to_json();
+        assert_eq!(
+            doc["pools"]["shop"]["affinity"]["hit"][CAPACITY - 1],
+            Value::Null
+        );
+        assert!(doc["pools"]["cart"]["backends"]["a"].is_object());
+        for i in 1..=CAPACITY as u64 {
+            h.sample(&renamed, 2_000_000 + i * 2000);
+        }
+        let doc = h.to_json();
+        assert!(doc["pools"].get("shop").is_none(), "a gone pool is dropped");
+        assert_eq!(doc["pools"].as_object().map(|m| m.len()), Some(1));
     }
 }
