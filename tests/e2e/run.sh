@@ -9,6 +9,7 @@ need_apt=()
 [ -x /usr/share/tomcat10/bin/catalina.sh ] || need_apt+=(tomcat10)
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || need_apt+=(dnsmasq-base)
+command -v redis-sentinel >/dev/null || need_apt+=(redis-sentinel)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]}"
   apt-get update -qq
@@ -24,3 +25,4 @@ pkill -f 'org.apache.catalina.startup.Bootstrap' 2>/dev/null || true
 cargo build -q --bin tether
 python3 tests/e2e/e2e.py
 python3 tests/e2e/e2e_dns.py
+python3 tests/e2e/e2e_redis.py
