@@ -53,6 +53,10 @@ impl SessionTable {
         SessionTable {
             cache: moka::sync::Cache::builder()
                 .max_capacity(s.capacity)
+                // Beyond capacity the least recently seen keys go. (moka's default, TinyLFU,
+                // may refuse a new key outright when the table is full: a new client would
+                // then not be remembered at all.)
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
                 .time_to_idle(s.ttl)
                 .build_with_hasher(ahash::RandomState::new()),
             ttl: s.ttl,
@@ -189,6 +193,35 @@ mod tests {
             t.insert(format!("k{i}").as_bytes(), &a);
         }
         assert!(t.len() <= 100, "capacity is a hard bound: {}", t.len());
+    }
+
+    #[tokio::test]
+    async fn a_full_table_forgets_the_least_recently_seen_key() {
+        let t = SessionTable::new("remember", "p", &settings(Duration::from_secs(60), None));
+        let a: Arc<str> = "a".into();
+        for i in 0..100 {
+            t.insert(format!("k{i}").as_bytes(), &a);
+        }
+        // Every key is seen often (so a frequency-based policy would refuse a newcomer), k1
+        // least recently.
+        for _ in 0..3 {
+            assert!(t.lookup(b"k1").is_some());
+        }
+        for _ in 0..3 {
+            for i in (0..100).filter(|&i| i != 1) {
+                assert!(t.lookup(format!("k{i}").as_bytes()).is_some());
+            }
+        }
+        t.cache.run_pending_tasks();
+        t.insert(b"new", &a);
+        t.cache.run_pending_tasks();
+        assert_eq!(
+            t.lookup(b"new").as_deref(),
+            Some("a"),
+            "a new key is always kept"
+        );
+        assert!(t.lookup(b"k0").is_some(), "a recently seen key stays");
+        assert_eq!(t.lookup(b"k1"), None, "the least recently seen key goes");
     }
 
     #[tokio::test]
