@@ -22,7 +22,10 @@ source benches/lib.sh
 require haproxy:haproxy nginx:nginx-light wrk:wrk
 setup
 
-B1=18601; B2=18602; B3=18603; RP=18610; PP=18611; HP=18612; NP=18613; RA=18620
+B1=19701; B2=19702; B3=19703; RP=19710; PP=19711; HP=19712; NP=19713; RA=19720
+for p in $B1 $B2 $B3 $RP $PP $HP $NP $RA; do
+  ! ss -ltn | grep -q ":$p " || { echo "port $p is taken (another benchmark running?)" >&2; exit 1; }
+done
 mkdir -p "$work/b/logs" "$work/n/logs"
 cat > "$work/backends.conf" <<NGX
 worker_processes 1; daemon off; pid $work/b.pid; error_log $work/b/logs/error.log;
