@@ -1,5 +1,7 @@
 //! Remembered ip and header keys (`[pools.NAME.remember]`): active keys keep their backend
 //! through membership changes; keys of unavailable backends move once and stay.
+// Test code: a panic on a setup failure is how a test fails (see [lints] in Cargo.toml).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
