@@ -11,6 +11,7 @@
 #    hit), against each proxy in turn; medians of req/s and p99, ratios vs HAProxy.
 # Each proxy runs alone on CPU 0 with one thread; wrk and the nginx backends on CPU 1.
 #   bash benches/remember.sh [keys] [rounds] [seconds]     (default 1000000 3 5)
+#   NO_BUILD=1 bash benches/remember.sh …                 (use the existing release build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-1000000}
@@ -20,6 +21,8 @@ CONNS=${CONNS:-50}
 
 source benches/lib.sh
 require haproxy:haproxy nginx:nginx-light wrk:wrk
+# NO_BUILD=1: measure the target/release/tether already built (skips cargo build).
+[ "${NO_BUILD:-0}" = 1 ] && cargo() { :; }
 setup
 
 B1=19701; B2=19702; B3=19703; RP=19710; PP=19711; HP=19712; NP=19713; RA=19720
