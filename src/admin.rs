@@ -274,10 +274,14 @@ pub fn status(app: &App) -> Value {
                 })
             })
             .collect();
-        pools.insert(
-            p.name.to_string(),
-            json!({ "affinity": p.affinity.as_str(), "backends": backends, "discover": discover }),
-        );
+        let mut pool =
+            json!({ "affinity": p.affinity.as_str(), "backends": backends, "discover": discover });
+        for (kind, table) in [("learn", &p.learned), ("remember", &p.remembered)] {
+            if let Some(t) = table {
+                pool[kind] = t.status();
+            }
+        }
+        pools.insert(p.name.to_string(), pool);
     }
     let loaded_ms = meta
         .loaded_at

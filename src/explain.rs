@@ -130,6 +130,8 @@ pub fn explain(config: &Config, pool: Option<&str>, query: &Query) -> Result<Str
         },
         Reason::KeyOwner => "consistent hashing of the key picks this backend".to_string(),
         Reason::KeyOwnerUnavailable => "the key's own backend cannot take it; this is the next candidate".to_string(),
+        Reason::Remembered => "this key is remembered at this backend, which can take it".to_string(),
+        Reason::RememberedUnavailable => "this key is remembered at a backend that is gone, down, disabled or past its drain; it is re-placed and remembered anew".to_string(),
         Reason::NewSession => format!("no cookie: a new session, placed by client IP {ip}"),
         Reason::LeastInFlight => "affinity = none: the backend with the fewest in-flight requests".to_string(),
     };

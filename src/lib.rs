@@ -43,5 +43,6 @@ pub mod proxy;
 pub mod reload;
 pub mod runtime;
 pub mod server;
+pub mod sessions;
 pub mod state;
 pub mod tls;

@@ -231,6 +231,30 @@ impl prometheus_client::collector::Collector for Collector {
                 })
                 .collect(),
         )?;
+        let mut store_ops = Vec::new();
+        for p in &snap.pools {
+            // A pool has at most one table (learn or remember affinity), so pool names it.
+            for table in [&p.learned, &p.remembered] {
+                let Some(store) = table.as_ref().and_then(|t| t.store()) else {
+                    continue;
+                };
+                for (op, n) in store.stats.ops() {
+                    let (op, result) = op.labels();
+                    let l: Labels = vec![
+                        ("pool", p.name.to_string().into()),
+                        ("op", op.into()),
+                        ("result", result.into()),
+                    ];
+                    store_ops.push((l, n));
+                }
+            }
+        }
+        counter(
+            &mut enc,
+            "store_operations",
+            "Shared-store (Redis) operations of session tables, by result.",
+            store_ops,
+        )?;
         counter(
             &mut enc,
             "config_reloads",

@@ -9,12 +9,12 @@ use std::time::Duration;
 use http::HeaderName;
 
 use crate::affinity::cookie::CookieCodec;
-use crate::affinity::learn::LearnTable;
 use crate::balancer::slow_start;
 use crate::balancer::{Algorithm, Balancer, Member};
 use crate::config::{
     Affinity, Config, HashAlgorithm, HostMatch, LearnConfig, PassiveConfig, PoolConfig, RouteConfig,
 };
+use crate::sessions::{SessionTable, TableSettings};
 use crate::state::{now_ms, BackendIdentity, BackendShared, PoolShared, Registry, State, NO_RAMP};
 use crate::tls::{BackendTls, TlsMaterial};
 
@@ -57,7 +57,9 @@ pub struct Pool {
     /// Plain-HTTP requests get a 308 to https.
     pub redirect_http: bool,
     /// Learned sessions (learn affinity), kept across reloads.
-    pub learned: Option<Arc<LearnTable>>,
+    pub learned: Option<Arc<SessionTable>>,
+    /// Remembered ip/header keys (`[remember]`), kept across reloads.
+    pub remembered: Option<Arc<SessionTable>>,
     pub shared: Arc<PoolShared>,
     pub passive: PassiveConfig,
     /// Slow-start window for backends that become up.
@@ -104,13 +106,19 @@ impl Snapshot {
             }
         }
         let mut shared = registry.sync(&identities).into_iter();
-        let learn_pools: Vec<&str> = config
+        let tables: Vec<(&str, &str)> = config
             .pools
             .iter()
-            .filter(|p| p.learn.is_some())
-            .map(|p| p.name.as_str())
+            .flat_map(|p| {
+                let learn = p.learn.is_some().then_some(("learn", p.name.as_str()));
+                let remember = p
+                    .remember
+                    .is_some()
+                    .then_some(("remember", p.name.as_str()));
+                learn.into_iter().chain(remember)
+            })
             .collect();
-        registry.retain_learned(&learn_pools);
+        registry.retain_tables(&tables);
         let pools = config
             .pools
             .iter()
@@ -254,7 +262,22 @@ fn build_pool(
         .enumerate()
         .map(|(i, b)| (b.id.clone(), i))
         .collect();
-    let learned = p.learn.as_ref().map(|l| registry.learn_table(&p.name, l));
+    let learned = p.learn.as_ref().map(|l| {
+        let s = TableSettings {
+            ttl: l.ttl,
+            capacity: l.capacity,
+            store: l.store.clone(),
+        };
+        registry.session_table("learn", &p.name, &s)
+    });
+    let remembered = p.remember.as_ref().map(|r| {
+        let s = TableSettings {
+            ttl: r.ttl,
+            capacity: r.capacity,
+            store: r.store.clone(),
+        };
+        registry.session_table("remember", &p.name, &s)
+    });
     Pool {
         name: p.name.as_str().into(),
         affinity: p.affinity,
@@ -271,6 +294,7 @@ fn build_pool(
         route_cfg: p.route.clone(),
         learn_cfg: p.learn.clone(),
         learned,
+        remembered,
         redirect_http: p.redirect_http,
         shared: registry.pool(&p.name),
         passive: p.passive.clone(),

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 
-use crate::affinity::learn::LearnTable;
-use crate::config::{AdminState, LearnConfig};
+use crate::config::AdminState;
 use crate::proxy::upstream::ConnPool;
+use crate::sessions::{SessionTable, TableSettings};
 
 /// Milliseconds on a process-wide monotonic clock (starts near 1, never 0).
 pub fn now_ms() -> u64 {
@@ -414,13 +414,18 @@ struct BackendKey {
     address: String,
 }
 
+/// Session tables by (kind, pool), with the settings they were built from.
+type Tables =
+    HashMap<(&'static str, String), (TableSettings, Arc<SessionTable>), ahash::RandomState>;
+
 /// All long-lived state. Locked only while a snapshot is built or the admin API looks a
 /// backend up, never per request: the snapshot holds `Arc`s to the entries it uses.
 #[derive(Default)]
 pub struct Registry {
     backends: Mutex<HashMap<BackendKey, Arc<BackendShared>, ahash::RandomState>>,
     pools: Mutex<HashMap<String, Arc<PoolShared>, ahash::RandomState>>,
-    learned: Mutex<HashMap<String, (LearnConfig, Arc<LearnTable>), ahash::RandomState>>,
+    /// Session tables by (kind, pool): learned sessions and remembered keys.
+    tables: Mutex<Tables>,
     /// Set once the first backends have had their chance to come up (no slow start for
     /// them); backends created before it are `initial`.
     started: AtomicBool,
@@ -469,29 +474,31 @@ impl Registry {
         out
     }
 
-    /// A pool's learned-session table: kept across reloads while its `[learn]` settings stay
-    /// the same (changed settings start a fresh table). Tables of pools that no longer use
-    /// learn affinity are dropped by [`Registry::retain_learned`].
-    pub fn learn_table(&self, pool: &str, cfg: &LearnConfig) -> Arc<LearnTable> {
-        let mut map = self.learned.lock();
-        if let Some((c, t)) = map.get(pool) {
-            if c == cfg {
+    /// A pool's session table of `kind` (`learn` or `remember`): kept across reloads while
+    /// its settings stay the same (changed settings start a fresh table). Tables no longer
+    /// configured are dropped by [`Registry::retain_tables`].
+    pub fn session_table(
+        &self,
+        kind: &'static str,
+        pool: &str,
+        settings: &TableSettings,
+    ) -> Arc<SessionTable> {
+        let mut map = self.tables.lock();
+        let key = (kind, pool.to_string());
+        if let Some((s, t)) = map.get(&key) {
+            if s == settings {
                 return t.clone();
             }
         }
-        let t = Arc::new(LearnTable::new(
-            pool,
-            cfg.capacity,
-            cfg.ttl,
-            cfg.store.as_deref(),
-        ));
-        map.insert(pool.to_string(), (cfg.clone(), t.clone()));
+        let t = Arc::new(SessionTable::new(kind, pool, settings));
+        map.insert(key, (settings.clone(), t.clone()));
         t
     }
 
-    pub fn retain_learned(&self, pools: &[&str]) {
-        let mut map = self.learned.lock();
-        map.retain(|k, _| pools.contains(&k.as_str()));
+    /// Drops the session tables not in `wanted` ((kind, pool) pairs).
+    pub fn retain_tables(&self, wanted: &[(&str, &str)]) {
+        let mut map = self.tables.lock();
+        map.retain(|(kind, pool), _| wanted.contains(&(*kind, pool.as_str())));
     }
 
     /// Startup is over: backends that come up from now on get slow start.

@@ -4,6 +4,7 @@
 pub mod client_ip;
 pub mod cookie;
 pub mod learn;
+pub mod remember;
 pub mod route;
 
 use std::net::IpAddr;
@@ -102,6 +103,9 @@ pub struct Decision {
     pub key: Key,
     /// The request followed a pin to a draining backend.
     pub pinned_to_draining: bool,
+    /// ip/header with `[remember]`: the key is to be remembered at the backend that answers
+    /// (it was unknown, or its remembered backend could not take it).
+    pub remember: bool,
 }
 
 /// Why a request went where it did, for `tether explain`.
@@ -113,6 +117,10 @@ pub enum Reason {
     PinOrphaned,
     KeyOwner,
     KeyOwnerUnavailable,
+    /// ip/header with `[remember]`: the key was remembered at this backend.
+    Remembered,
+    /// ip/header with `[remember]`: the key's remembered backend cannot take it; re-placed.
+    RememberedUnavailable,
     NewSession,
     LeastInFlight,
 }
@@ -138,11 +146,7 @@ pub fn decide(pool: &Pool, req: &RequestKeys<'_>) -> Option<(Decision, Reason)> 
             });
             decide_session(pool, req, pinned, req.session)
         }
-        Affinity::Ip => decide_keyed(pool, Key::ip(req.client_ip)),
-        Affinity::Header => match req.header {
-            Some(h) => decide_keyed(pool, Key::new(h)),
-            None => decide_keyed(pool, Key::ip(req.client_ip)),
-        },
+        Affinity::Ip | Affinity::Header => decide_keyed(pool, keyed_key(pool, req)),
         Affinity::None => least_in_flight(pool, &[]).map(|b| {
             let d = Decision {
                 backend: b,
@@ -150,6 +154,7 @@ pub fn decide(pool: &Pool, req: &RequestKeys<'_>) -> Option<(Decision, Reason)> 
                 issue_cookie: None,
                 key: Key::new(b""),
                 pinned_to_draining: false,
+                remember: false,
             };
             (d, Reason::LeastInFlight)
         }),
@@ -168,6 +173,7 @@ fn decide_cookie(pool: &Pool, req: &RequestKeys<'_>) -> Option<(Decision, Reason
                 issue_cookie: refresh.then_some(pin.client_key),
                 key: Key::client_key(pin.client_key),
                 pinned_to_draining: !pool.takes_new(b),
+                remember: false,
             };
             let why = if refresh {
                 Reason::PinRefreshed
@@ -185,6 +191,7 @@ fn decide_cookie(pool: &Pool, req: &RequestKeys<'_>) -> Option<(Decision, Reason
             issue_cookie: Some(pin.client_key),
             key,
             pinned_to_draining: false,
+            remember: false,
         };
         return Some((d, Reason::PinOrphaned));
     }
@@ -196,6 +203,7 @@ fn decide_cookie(pool: &Pool, req: &RequestKeys<'_>) -> Option<(Decision, Reason
         issue_cookie: Some(new_client_key()),
         key,
         pinned_to_draining: false,
+        remember: false,
     };
     let why = if req.cookie.is_some() {
         Reason::PinInvalid
@@ -222,6 +230,7 @@ fn decide_session(
         issue_cookie: None,
         key,
         pinned_to_draining,
+        remember: false,
     };
     if let Some((b, key)) = pinned {
         if let Some(b) = b.filter(|&b| pool.takes_pinned(b)) {
@@ -245,8 +254,14 @@ fn decide_session(
 
 /// ip and header modes: the key's own backend while it can serve the key (a draining one
 /// keeps its keys until `drain_timeout`, as they may be returning clients), else the next
-/// candidate.
+/// candidate. With `[remember]`, the backend a key is remembered at comes first (see
+/// [`remember::recall`]).
 fn decide_keyed(pool: &Pool, key: Key) -> Option<(Decision, Reason)> {
+    if let Some(table) = &pool.remembered {
+        if let Some(found) = remember::recall(pool, table, &key) {
+            return found;
+        }
+    }
     let owner = pool.balancer.primary(key.as_bytes())?;
     if pool.draining_within_timeout(owner) {
         let d = Decision {
@@ -255,6 +270,7 @@ fn decide_keyed(pool: &Pool, key: Key) -> Option<(Decision, Reason)> {
             issue_cookie: None,
             key,
             pinned_to_draining: true,
+            remember: pool.remembered.is_some(),
         };
         return Some((d, Reason::KeyOwner));
     }
@@ -270,8 +286,17 @@ fn decide_keyed(pool: &Pool, key: Key) -> Option<(Decision, Reason)> {
         issue_cookie: None,
         key,
         pinned_to_draining: false,
+        remember: pool.remembered.is_some(),
     };
     Some((d, why))
+}
+
+/// The placement key of ip and header modes: the header's value, else the client IP.
+pub fn keyed_key(pool: &Pool, req: &RequestKeys<'_>) -> Key {
+    match (pool.affinity, req.header) {
+        (Affinity::Header, Some(h)) => Key::new(h),
+        _ => Key::ip(req.client_ip),
+    }
 }
 
 /// Placement: the first candidate for `key` that takes new sessions and, with
@@ -348,6 +373,8 @@ pub fn retry(pool: &Pool, d: &mut Decision, tried: &[usize]) -> Option<usize> {
             if d.outcome == Outcome::Hit {
                 d.outcome = Outcome::Moved;
             }
+            // A remembered key is remembered again where it ends up.
+            d.remember = pool.remembered.is_some();
             place(pool, d.key.as_bytes(), tried)?
         }
     };

@@ -257,6 +257,8 @@ pub struct PoolConfig {
     pub route: Option<RouteConfig>,
     /// For `affinity = "learn"`.
     pub learn: Option<LearnConfig>,
+    /// For `affinity = "ip"` or `"header"`: keys remembered at the backend they reached.
+    pub remember: Option<RememberConfig>,
     /// Answer plain-HTTP requests with a 308 redirect to https.
     pub redirect_http: bool,
     /// Active checks; `None` = none (backends are up unless passive checks say otherwise).
@@ -383,7 +385,8 @@ pub struct LearnConfig {
     pub ttl: Duration,
     /// Bound on remembered sessions.
     pub capacity: u64,
-    /// `redis://host:port/db` to share learned sessions between instances.
+    /// A store URL (`redis://`, `rediss://`, `redis-sentinel://`, `redis-cluster://`) to share
+    /// learned sessions between instances.
     pub store: Option<String>,
 }
 
@@ -391,6 +394,27 @@ impl Default for LearnConfig {
     fn default() -> Self {
         LearnConfig {
             cookie: "session".into(),
+            ttl: Duration::from_secs(30 * 60),
+            capacity: 1_000_000,
+            store: None,
+        }
+    }
+}
+
+/// `[pools.NAME.remember]`: ip/header keys kept at the backend they reached.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RememberConfig {
+    /// A key not seen for this long is forgotten.
+    pub ttl: Duration,
+    /// Beyond it the least recently seen keys are forgotten.
+    pub capacity: u64,
+    /// A store URL to share remembered keys between instances.
+    pub store: Option<String>,
+}
+
+impl Default for RememberConfig {
+    fn default() -> Self {
+        RememberConfig {
             ttl: Duration::from_secs(30 * 60),
             capacity: 1_000_000,
             store: None,

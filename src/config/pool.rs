@@ -131,6 +131,7 @@ fn read_pool(r: &mut Reader, t: &dyn TableLike, name: &str, path: &str) -> Optio
             "cookie",
             "route",
             "learn",
+            "remember",
             "health",
             "passive",
             "backends",
@@ -235,6 +236,21 @@ fn read_pool(r: &mut Reader, t: &dyn TableLike, name: &str, path: &str) -> Optio
     let redirect_http = r.opt(t, path, "redirect_http", as_bool).unwrap_or(false);
     let route = sub_section(r, t, path, "route", affinity == Affinity::Route, read_route);
     let learn = sub_section(r, t, path, "learn", affinity == Affinity::Learn, read_learn);
+    let remember_path = join(path, "remember");
+    let remember = r
+        .table(t, path, "remember")
+        .map(|rt| read_remember(r, rt, &remember_path));
+    if remember.is_some() && !matches!(affinity, Affinity::Ip | Affinity::Header) {
+        r.error_at(
+            Reader::span_of(t, "remember"),
+            &remember_path,
+            format!(
+                "only used with affinity = \"ip\" or \"header\" (this pool has affinity = \"{}\"; learn mode has its own ttl, capacity and store under [{}])",
+                affinity.as_str(),
+                join(path, "learn")
+            ),
+        );
+    }
     let health = r
         .table(t, path, "health")
         .map(|h| read_health(r, h, &join(path, "health")));
@@ -263,6 +279,7 @@ fn read_pool(r: &mut Reader, t: &dyn TableLike, name: &str, path: &str) -> Optio
         cookie,
         route,
         learn,
+        remember,
         redirect_http,
         health,
         passive,
@@ -333,16 +350,28 @@ fn read_learn(r: &mut Reader, t: &dyn TableLike, path: &str) -> LearnConfig {
     if let Some(n) = r.opt(t, path, "capacity", |v| as_int(v, 1, 100_000_000)) {
         c.capacity = n as u64;
     }
-    c.store = r.opt(t, path, "store", |v| {
-        as_str(v).and_then(|s| {
-            if s.starts_with("redis://") && s.len() > "redis://".len() {
-                Ok(s)
-            } else {
-                Err(format!("{s:?} is not a redis:// URL"))
-            }
-        })
-    });
+    c.store = r.opt(t, path, "store", as_store_url);
     c
+}
+
+fn read_remember(r: &mut Reader, t: &dyn TableLike, path: &str) -> RememberConfig {
+    r.check_keys(t, path, &["ttl", "capacity", "store"]);
+    let mut c = RememberConfig::default();
+    if let Some(d) = r.opt(t, path, "ttl", as_duration) {
+        c.ttl = d;
+    }
+    if let Some(n) = r.opt(t, path, "capacity", |v| as_int(v, 1, 100_000_000)) {
+        c.capacity = n as u64;
+    }
+    c.store = r.opt(t, path, "store", as_store_url);
+    c
+}
+
+/// A `store` URL: checked as the store will read it.
+fn as_store_url(v: &toml_edit::Value) -> Result<String, String> {
+    let s = as_str(v)?;
+    crate::sessions::StoreUrl::parse(&s).map_err(|e| e.to_string())?;
+    Ok(s)
 }
 
 fn read_cookie(r: &mut Reader, t: &dyn TableLike, path: &str) -> CookieConfig {

@@ -203,6 +203,9 @@ async fn proxy(
             .map(HeaderValue::as_bytes),
         now: unix_now(),
     };
+    if pool.remembered.is_some() {
+        Box::pin(affinity::remember::recall_shared(pool, &keys)).await;
+    }
     let (mut decision, _) = affinity::decide(pool, &keys).ok_or(ProxyError::NoBackend)?;
     trace.affinity = Some(decision.outcome);
     // Our cookie is not the backend's business.
@@ -329,6 +332,7 @@ async fn proxy(
     trace.backend = Some(backend_index);
     trace.affinity = Some(decision.outcome);
     let backend = &pool.backends[backend_index];
+    affinity::remember::note(pool, &decision, backend);
 
     if exchange.head.status == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_upgrade) = client_upgrade else {
@@ -524,7 +528,7 @@ fn learn_from_response(
                 table.forget(s);
             }
         } else {
-            table.learn(value, &backend.id);
+            table.insert(value, &backend.id);
         }
     }
 }

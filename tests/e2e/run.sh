@@ -10,6 +10,7 @@ need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || need_apt+=(dnsmasq-base)
 [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || need_apt+=(chromium chromium-driver)
+command -v redis-sentinel >/dev/null || need_apt+=(redis-sentinel)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]}"
   apt-get update -qq
@@ -27,3 +28,4 @@ cargo build -q --bin tether
 python3 tests/e2e/e2e.py
 python3 tests/e2e/e2e_dns.py
 python3 tests/e2e/e2e_dashboard.py
+python3 tests/e2e/e2e_redis.py
