@@ -238,6 +238,7 @@ fn backend_json(b: &crate::runtime::Backend) -> Value {
         "requests": s.requests.load(Ordering::Relaxed),
         "pinned_while_draining": s.pinned_while_draining.load(Ordering::Relaxed),
         "last_pinned_at": (last > 0).then(|| rfc3339(last)),
+        "queued": s.queue.queued(),
         "source": b.source.as_deref().unwrap_or("file"),
     })
 }

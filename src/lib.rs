@@ -12,6 +12,7 @@
 //! - [`reload`] re-reads the file (watched, SIGHUP, admin API) and swaps a new snapshot in;
 //! - [`app`] holds the current snapshot and the process-wide services: [`health`] checks,
 //!   the [`access_log`], and the counters that [`metrics`] and the [`admin`] API expose;
+//! - [`queue`] enforces per-backend `max_conns` with a FIFO wait queue;
 //! - [`explain`] answers "where would this request go, and why?"; [`demo`] runs a showcase.
 
 // The lint policy is in Cargo.toml's [lints] (and clippy.toml). Cargo can only deny
@@ -40,6 +41,7 @@ pub mod health;
 pub mod history;
 pub mod metrics;
 pub mod proxy;
+pub mod queue;
 pub mod reload;
 pub mod runtime;
 pub mod server;

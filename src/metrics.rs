@@ -182,6 +182,8 @@ impl prometheus_client::collector::Collector for Collector {
             pinned,
         )?;
 
+        queue_metrics(&mut enc, snap)?;
+
         let mut aff = Vec::new();
         for p in &snap.pools {
             for (i, outcome) in ["hit", "new", "moved"].iter().enumerate() {
@@ -306,4 +308,58 @@ impl prometheus_client::collector::Collector for Collector {
         )?;
         Ok(())
     }
+}
+
+/// `max_conns` queues: waiting requests, wait times, timeouts and refusals per backend.
+fn queue_metrics(enc: &mut DescriptorEncoder, snap: &Snapshot) -> std::fmt::Result {
+    let backends = || {
+        snap.pools
+            .iter()
+            .flat_map(|p| p.backends.iter().map(move |b| (p, b)))
+    };
+    let pb = |p: &crate::runtime::Pool, b: &crate::runtime::Backend| -> Labels<'static> {
+        vec![
+            ("pool", p.name.to_string().into()),
+            ("backend", b.id.to_string().into()),
+        ]
+    };
+    gauge(
+        enc,
+        "backend_queue",
+        "Requests waiting for a max_conns slot on the backend.",
+        backends()
+            .map(|(p, b)| (pb(p, b), b.shared.queue.queued() as i64))
+            .collect(),
+    )?;
+    {
+        let mut m = enc.encode_descriptor(
+            "queue_wait_seconds",
+            "Time queued requests waited for a slot (until served or timed out).",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (p, b) in backends() {
+            let (sum, count, buckets) = b.shared.queue.waits();
+            m.encode_family(&pb(p, b))?
+                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                    sum, count, &buckets, None,
+                )?;
+        }
+    }
+    counter(
+        enc,
+        "queue_timeouts",
+        "Requests answered 503 after waiting queue_timeout for a slot.",
+        backends()
+            .map(|(p, b)| (pb(p, b), b.shared.queue.timeouts()))
+            .collect(),
+    )?;
+    counter(
+        enc,
+        "queue_rejected",
+        "Requests answered 503 at once because the backend's queue held max_queue.",
+        backends()
+            .map(|(p, b)| (pb(p, b), b.shared.queue.rejected()))
+            .collect(),
+    )
 }

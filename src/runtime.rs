@@ -64,6 +64,10 @@ pub struct Pool {
     pub passive: PassiveConfig,
     /// Slow-start window for backends that become up.
     pub slow_start: Option<Duration>,
+    /// Some backend has `max_conns` (new sessions then skip full backends).
+    pub limited: bool,
+    /// `queue_timeout` and `max_queue`.
+    pub queue: crate::queue::Limits,
 }
 
 pub struct Backend {
@@ -80,6 +84,8 @@ pub struct Backend {
     pub shared: Arc<BackendShared>,
     /// `None`: from the config file; else the `discover` entry (`dns:NAME`) that found it.
     pub source: Option<Arc<str>>,
+    /// Effective `max_conns` (0 = no limit): checked before the queue is touched.
+    pub max_conns: u32,
 }
 
 impl Snapshot {
@@ -218,8 +224,12 @@ fn build_pool(
                 .next()
                 .unwrap_or_else(|| Arc::new(crate::state::BackendShared::detached())),
             source: b.discovered.as_ref().map(|d| d.source.as_str().into()),
+            max_conns: b.max_conns.unwrap_or(p.max_conns),
         })
         .collect();
+    for b in &backends {
+        b.shared.queue.set_limit(b.max_conns);
+    }
     let members: Vec<Member<'_>> = backends
         .iter()
         .map(|b| Member {
@@ -286,7 +296,6 @@ fn build_pool(
         drain_timeout: p.drain_timeout,
         balancer,
         algorithm,
-        backends,
         cookie,
         tokens,
         routes,
@@ -299,6 +308,12 @@ fn build_pool(
         shared: registry.pool(&p.name),
         passive: p.passive.clone(),
         slow_start: p.slow_start,
+        limited: backends.iter().any(|b| b.max_conns > 0),
+        queue: crate::queue::Limits {
+            queue_timeout: p.queue_timeout,
+            max_queue: p.max_queue,
+        },
+        backends,
     }
 }
 

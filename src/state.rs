@@ -10,6 +10,7 @@ use parking_lot::Mutex;
 
 use crate::config::AdminState;
 use crate::proxy::upstream::ConnPool;
+use crate::queue::BackendQueue;
 use crate::sessions::{SessionTable, TableSettings};
 
 /// Milliseconds on a process-wide monotonic clock (starts near 1, never 0).
@@ -197,6 +198,14 @@ pub struct BackendShared {
     up_since: AtomicU64,
     /// Configured when tether started and not seen up yet: no slow start when it first is.
     initial: AtomicBool,
+    /// `max_conns` slots and the requests waiting for one.
+    pub queue: BackendQueue,
+}
+
+impl crate::queue::HasQueue for BackendShared {
+    fn queue(&self) -> &BackendQueue {
+        &self.queue
+    }
 }
 
 /// `up_since` of a backend that takes its full weight at once.
@@ -223,6 +232,7 @@ impl BackendShared {
             vanished: AtomicBool::new(false),
             up_since: AtomicU64::new(0),
             initial: AtomicBool::new(false),
+            queue: BackendQueue::default(),
         }
     }
 

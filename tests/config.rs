@@ -256,3 +256,74 @@ fn small_maglev_tables_for_big_pools_warn() {
     .unwrap();
     assert!(c.warnings().is_empty());
 }
+
+#[test]
+fn backend_protection_and_listener_keys() {
+    let c = Config::parse(
+        r#"
+[listen]
+http = ["127.0.0.1:1"]
+proxy_protocol = true
+[pools.p]
+max_conns = 4
+queue_timeout = "250ms"
+max_queue = 8
+[[pools.p.backends]]
+address = "127.0.0.1:1"
+[[pools.p.backends]]
+address = "127.0.0.1:2"
+max_conns = 50
+"#,
+        "t.toml",
+    )
+    .unwrap();
+    assert!(c.listen.proxy_protocol);
+    let p = &c.pools[0];
+    assert_eq!((p.max_conns, p.max_queue), (4, 8));
+    assert_eq!(p.queue_timeout, Duration::from_millis(250));
+    assert_eq!(p.backends[0].max_conns, None);
+    assert_eq!(p.backends[1].max_conns, Some(50));
+    let d = Config::parse(MINIMAL, "t.toml").unwrap();
+    assert!(!d.listen.proxy_protocol);
+    assert_eq!((d.pools[0].max_conns, d.pools[0].max_queue), (0, 0));
+    assert_eq!(d.pools[0].queue_timeout, Duration::from_secs(10));
+    let e = errors("[pools.p]\nmax_conns = -1\n[[pools.p.backends]]\naddress = \"127.0.0.1:1\"\n");
+    assert!(
+        e[0].starts_with("t.toml:2:13: pools.p.max_conns: "),
+        "{}",
+        e[0]
+    );
+}
+
+#[test]
+fn partitioned_cookies_need_secure_and_same_site_none() {
+    let e = errors(
+        r#"
+[pools.p.cookie]
+secure = "auto"
+same_site = "lax"
+partitioned = true
+[[pools.p.backends]]
+address = "127.0.0.1:1"
+"#,
+    );
+    assert_eq!(
+        e,
+        vec![
+            "t.toml:5:15: pools.p.cookie.partitioned: partitioned = true needs secure = true and same_site = \"none\"".to_string()
+        ]
+    );
+    let c = Config::parse(
+        r#"
+[pools.p.cookie]
+secure = true
+same_site = "none"
+partitioned = true
+[[pools.p.backends]]
+address = "127.0.0.1:1"
+"#,
+        "t.toml",
+    )
+    .unwrap();
+    assert!(c.pools[0].cookie.as_ref().unwrap().partitioned);
+}

@@ -99,6 +99,7 @@ fn entry(query: DiscoverQuery, resolver: SocketAddr) -> DiscoverConfig {
         resolver: Some(vec![resolver]),
         weight: 1,
         tls: None,
+        max_conns: None,
     }
 }
 

@@ -216,6 +216,9 @@ fn attributes(cfg: &CookieConfig, secure: bool) -> String {
             SameSite::Strict => cookie::SameSite::Strict,
             SameSite::None => cookie::SameSite::None,
         });
+    if cfg.partitioned {
+        c = c.partitioned(true);
+    }
     if let Some(d) = &cfg.domain {
         c = c.domain(d.clone());
     }
@@ -388,6 +391,22 @@ mod tests {
         assert!(s.contains("Max-Age=86400"), "{s}");
         assert!(!s.contains("Secure"), "{s}");
         assert!(c.set_cookie("v1.x", true).contains("Secure"));
+    }
+
+    #[test]
+    fn partitioned_cookies_say_so() {
+        let c = CookieCodec::new(&CookieConfig {
+            secure: crate::config::Secure::Always,
+            same_site: SameSite::None,
+            partitioned: true,
+            ..CookieConfig::default()
+        });
+        let s = c.set_cookie("v1.x", false);
+        assert!(s.contains("; Partitioned"), "{s}");
+        assert!(s.contains("Secure") && s.contains("SameSite=None"), "{s}");
+        assert!(!codec(None, None)
+            .set_cookie("v1.x", true)
+            .contains("Partitioned"));
     }
 
     #[test]

@@ -355,6 +355,29 @@ pub fn least_in_flight(pool: &Pool, exclude: &[usize]) -> Option<usize> {
     pick(true).or_else(|| pick(false))
 }
 
+/// `max_conns`: a request that is not following its session (new, or re-placed) skips
+/// backends whose every slot is taken, along its own candidate order; when all are full it
+/// stays on its first choice and queues there. Pinned requests, and every request in `ip`
+/// and `header` mode (the key's backend is its pin), are left where they are.
+pub fn skip_full(pool: &Pool, d: &mut Decision) {
+    if d.outcome == Outcome::Hit
+        || matches!(pool.affinity, Affinity::Ip | Affinity::Header)
+        || !pool.backends[d.backend].shared.queue.is_full()
+    {
+        return;
+    }
+    let full: Vec<usize> = (0..pool.backends.len())
+        .filter(|&i| pool.backends[i].shared.queue.is_full())
+        .collect();
+    let next = match pool.affinity {
+        Affinity::None => least_in_flight(pool, &full),
+        _ => place(pool, d.key.as_bytes(), &full),
+    };
+    if let Some(b) = next {
+        d.backend = b;
+    }
+}
+
 /// The next backend after a connect failure, never one already tried. In cookie mode the
 /// session is re-placed by its client key (issuing a cookie for it) and counts as moved.
 pub fn retry(pool: &Pool, d: &mut Decision, tried: &[usize]) -> Option<usize> {

@@ -38,6 +38,7 @@ pub(super) fn read_discover(
                 "tls",
                 "ca",
                 "server_name",
+                "max_conns",
             ],
         );
         let dns = r.opt(t, &path, "dns", |v| as_str(v).and_then(|s| dns_name(&s)));
@@ -125,6 +126,9 @@ pub(super) fn read_discover(
                 "`ca` and `server_name` need `tls = true`",
             );
         }
+        let max_conns = r
+            .opt(t, &path, "max_conns", |v| as_int(v, 0, 1_000_000))
+            .map(|n| n as u32);
         let Some(query) = query else { continue };
         let name = format!("dns:{}", query.name());
         if out.iter().any(|d| d.name == name) {
@@ -147,6 +151,7 @@ pub(super) fn read_discover(
             resolver,
             weight: weight.unwrap_or(1) as u32,
             tls,
+            max_conns,
         });
     }
     out

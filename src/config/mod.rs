@@ -36,6 +36,8 @@ pub struct Listen {
     pub http: Vec<SocketAddr>,
     /// TLS listeners (need `[tls]`).
     pub https: Vec<SocketAddr>,
+    /// Every connection on these listeners starts with a PROXY protocol header.
+    pub proxy_protocol: bool,
 }
 
 /// A file path from the config, with where it was written (for error messages).
@@ -265,6 +267,13 @@ pub struct PoolConfig {
     pub health: Option<HealthConfig>,
     pub passive: PassiveConfig,
     /// Backends from the file, then (in a running instance's snapshot) discovered ones.
+    /// Requests in flight per backend from this instance (0 = no limit); a backend's own
+    /// `max_conns` overrides it.
+    pub max_conns: u32,
+    /// How long a request over the limit waits for a slot.
+    pub queue_timeout: Duration,
+    /// Requests waiting per backend (0 = no bound).
+    pub max_queue: u32,
     pub backends: Vec<BackendConfig>,
     /// `[[pools.NAME.discover]]` entries.
     pub discover: Vec<DiscoverConfig>,
@@ -287,6 +296,8 @@ pub struct DiscoverConfig {
     pub weight: u32,
     /// HTTPS to the discovered backends.
     pub tls: Option<BackendTls>,
+    /// `max_conns` of the discovered backends (overrides the pool's).
+    pub max_conns: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -341,6 +352,8 @@ pub struct CookieConfig {
     pub secure: Secure,
     pub http_only: bool,
     pub same_site: SameSite,
+    /// CHIPS: add `Partitioned` (needs secure = true and same_site = "none").
+    pub partitioned: bool,
 }
 
 impl Default for CookieConfig {
@@ -355,6 +368,7 @@ impl Default for CookieConfig {
             secure: Secure::Auto,
             http_only: true,
             same_site: SameSite::Lax,
+            partitioned: false,
         }
     }
 }
@@ -464,6 +478,8 @@ pub struct BackendConfig {
     pub tls: Option<BackendTls>,
     /// `None`: written in the file; else found by a `discover` entry.
     pub discovered: Option<Discovered>,
+    /// Overrides the pool's `max_conns`.
+    pub max_conns: Option<u32>,
 }
 
 /// How to reach a backend over TLS.

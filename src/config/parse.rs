@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use ipnet::IpNet;
 use toml_edit::{Document, TableLike};
 
-use super::reader::{as_choice, as_duration, as_int, as_list, as_str, join, Diagnostic, Reader};
+use super::reader::{
+    as_bool, as_choice, as_duration, as_int, as_list, as_str, join, Diagnostic, Reader,
+};
 use super::*;
 
 pub(super) fn parse(text: &str, file: &str) -> Result<Config, Vec<Diagnostic>> {
@@ -60,9 +62,13 @@ fn read_listen(r: &mut Reader, root: &dyn TableLike) -> Listen {
     let mut listen = Listen {
         http: vec![SocketAddr::from(([0, 0, 0, 0], 8080))],
         https: Vec::new(),
+        proxy_protocol: false,
     };
     if let Some(t) = r.table(root, "", "listen") {
-        r.check_keys(t, "listen", &["http", "https"]);
+        r.check_keys(t, "listen", &["http", "https", "proxy_protocol"]);
+        listen.proxy_protocol = r
+            .opt(t, "listen", "proxy_protocol", as_bool)
+            .unwrap_or(false);
         let addrs = |v: &toml_edit::Value| {
             as_list(v, |s| {
                 s.parse::<SocketAddr>().map_err(|_| {

@@ -134,6 +134,9 @@ fn read_pool(r: &mut Reader, t: &dyn TableLike, name: &str, path: &str) -> Optio
             "remember",
             "health",
             "passive",
+            "max_conns",
+            "queue_timeout",
+            "max_queue",
             "backends",
             "discover",
             "slow_start",
@@ -258,6 +261,15 @@ fn read_pool(r: &mut Reader, t: &dyn TableLike, name: &str, path: &str) -> Optio
         .table(t, path, "passive")
         .map(|p| read_passive(r, p, &join(path, "passive")))
         .unwrap_or_default();
+    let max_conns = r
+        .opt(t, path, "max_conns", |v| as_int(v, 0, 1_000_000))
+        .unwrap_or(0) as u32;
+    let queue_timeout = r
+        .opt(t, path, "queue_timeout", as_duration)
+        .unwrap_or(std::time::Duration::from_secs(10));
+    let max_queue = r
+        .opt(t, path, "max_queue", |v| as_int(v, 0, 100_000_000))
+        .unwrap_or(0) as u32;
     let discover = super::discover::read_discover(r, t, path);
     let slow_start = super::discover::read_slow_start(r, t, path);
     let backends = read_backends(r, t, path, !discover.is_empty());
@@ -283,6 +295,9 @@ fn read_pool(r: &mut Reader, t: &dyn TableLike, name: &str, path: &str) -> Optio
         redirect_http,
         health,
         passive,
+        max_conns,
+        queue_timeout,
+        max_queue,
         backends,
         discover,
         slow_start,
@@ -388,6 +403,7 @@ fn read_cookie(r: &mut Reader, t: &dyn TableLike, path: &str) -> CookieConfig {
             "secure",
             "http_only",
             "same_site",
+            "partitioned",
         ],
     );
     let mut c = CookieConfig::default();
@@ -459,6 +475,18 @@ fn read_cookie(r: &mut Reader, t: &dyn TableLike, path: &str) -> CookieConfig {
     }) {
         c.same_site = s;
     }
+    if let Some(b) = r.opt(t, path, "partitioned", as_bool) {
+        c.partitioned = b;
+        // Browsers drop a Partitioned cookie that is not Secure; CHIPS is for third-party
+        // (cross-site) contexts, so SameSite must be None.
+        if b && (c.secure != Secure::Always || c.same_site != SameSite::None) {
+            r.error_at(
+                Reader::span_of(t, "partitioned"),
+                &join(path, "partitioned"),
+                "partitioned = true needs secure = true and same_site = \"none\"",
+            );
+        }
+    }
     c
 }
 
@@ -493,6 +521,7 @@ fn read_backends(
                 "tls",
                 "ca",
                 "server_name",
+                "max_conns",
             ],
         );
         // `https://host:port` means tls = true; the scheme is not part of the address.
@@ -535,6 +564,9 @@ fn read_backends(
             .opt(t, &path, "weight", |v| as_int(v, 1, 1000))
             .unwrap_or(1) as u32;
         let route = r.opt(t, &path, "route", as_str);
+        let max_conns = r
+            .opt(t, &path, "max_conns", |v| as_int(v, 0, 1_000_000))
+            .map(|n| n as u32);
         let state = r
             .opt(t, &path, "state", |v| {
                 as_choice(
@@ -585,6 +617,7 @@ fn read_backends(
             state,
             tls,
             discovered: None,
+            max_conns,
         });
     }
     out

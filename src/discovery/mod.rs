@@ -178,6 +178,7 @@ impl Discovery {
                         route: m.found.route.clone(),
                         state: AdminState::Active,
                         tls: d.tls.clone(),
+                        max_conns: d.max_conns,
                         discovered: Some(Discovered {
                             source: d.name.clone(),
                             vanished: m.vanished,

@@ -261,6 +261,7 @@ mod tests {
             resolver: None,
             weight: 2,
             tls: None,
+            max_conns: None,
         }
     }
 

@@ -18,13 +18,16 @@ pub enum ProxyError {
     BadRequest,
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    /// No `max_conns` slot on the chosen backend (queue full or `queue_timeout`).
+    #[error(transparent)]
+    Queue(#[from] crate::queue::QueueError),
 }
 
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoBackend | ProxyError::Queue(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BadRequest => StatusCode::BAD_REQUEST,
             ProxyError::Upstream(UpstreamError::ResponseTimeout) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
@@ -33,7 +36,15 @@ impl ProxyError {
 
     pub fn into_response(self) -> Response<ProxyBody> {
         let status = self.status();
+        let retry_after = match &self {
+            ProxyError::Queue(q) => q.retry_after(),
+            _ => 1,
+        };
+        let busy = matches!(self, ProxyError::Queue(_));
         let text: &'static str = match status {
+            StatusCode::SERVICE_UNAVAILABLE if busy => {
+                "503 service unavailable: the backend is busy, retry later\n"
+            }
             StatusCode::NOT_FOUND => "404 not found: no route matches this request\n",
             StatusCode::SERVICE_UNAVAILABLE => {
                 "503 service unavailable: no backend can take this request\n"
@@ -53,7 +64,7 @@ impl ProxyError {
         );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
         }
         res
     }
@@ -77,5 +88,9 @@ mod tests {
         assert_eq!(ProxyError::NoRoute.status(), 404);
         let r = ProxyError::NoBackend.into_response();
         assert!(r.headers().contains_key(header::RETRY_AFTER));
+        let r = ProxyError::Queue(crate::queue::QueueError::Timeout { retry_after: 10 })
+            .into_response();
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "10");
     }
 }

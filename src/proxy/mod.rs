@@ -207,6 +207,9 @@ async fn proxy(
         Box::pin(affinity::remember::recall_shared(pool, &keys)).await;
     }
     let (mut decision, _) = affinity::decide(pool, &keys).ok_or(ProxyError::NoBackend)?;
+    if pool.limited {
+        affinity::skip_full(pool, &mut decision);
+    }
     trace.affinity = Some(decision.outcome);
     // Our cookie is not the backend's business.
     let own_cookie = cookie_name.filter(|_| cookie_value.is_some());
@@ -243,10 +246,16 @@ async fn proxy(
     let mut tried: Vec<usize> = Vec::new();
     let (backend_index, exchange, in_flight) = 'attempts: loop {
         let b = &pool.backends[decision.backend];
-        let in_flight = InFlight::new(b.shared.clone(), pool.shared.clone());
-        let target = target(pool, decision.backend, settings.connect_timeout);
         trace.backend = Some(decision.backend);
         trace.affinity = Some(decision.outcome);
+        // max_conns: wait for a slot on this backend (a 503 under it if none comes).
+        let slot = if b.max_conns == 0 {
+            None
+        } else {
+            Some(Box::pin(crate::queue::acquire(&b.shared, pool.queue)).await?)
+        };
+        let in_flight = InFlight::new(b.shared.clone(), pool.shared.clone(), slot);
+        let target = target(pool, decision.backend, settings.connect_timeout);
         let mut conn = upstream::checkout(&target).await;
         let mut stale_retries = 0;
         let failure = loop {

@@ -18,13 +18,23 @@ use crate::state::{BackendShared, PoolShared};
 pub struct InFlight {
     backend: Arc<BackendShared>,
     pool: Arc<PoolShared>,
+    /// Holds one of the backend's `max_conns` slots, given back with the in-flight count.
+    slot: bool,
 }
 
 impl InFlight {
-    pub fn new(backend: Arc<BackendShared>, pool: Arc<PoolShared>) -> Self {
+    pub fn new(
+        backend: Arc<BackendShared>,
+        pool: Arc<PoolShared>,
+        slot: Option<crate::queue::Slot>,
+    ) -> Self {
         backend.in_flight.fetch_add(1, Ordering::Relaxed);
         pool.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight { backend, pool }
+        InFlight {
+            backend,
+            pool,
+            slot: slot.is_some_and(crate::queue::Slot::hand_over),
+        }
     }
 }
 
@@ -32,6 +42,9 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.backend.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.pool.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.slot {
+            self.backend.queue.give_back();
+        }
     }
 }
 
