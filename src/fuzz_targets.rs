@@ -351,6 +351,11 @@ mod strict {
     }
 }
 
+/// The first bytes of a connection on a `proxy_protocol` listener: PROXY v1/v2 headers.
+pub fn proxy_protocol(data: &[u8]) {
+    crate::server::proxy_protocol::fuzz(data);
+}
+
 /// Replays the fuzzing seed corpus (and any crash inputs kept as regressions) through the
 /// entry points above, so `cargo test` catches regressions without cargo-fuzz.
 #[cfg(test)]
@@ -406,5 +411,10 @@ mod replay {
     #[test]
     fn http1_responses_corpus() {
         replay("http1_responses", super::http1_responses);
+    }
+
+    #[test]
+    fn proxy_protocol_corpus() {
+        replay("proxy_protocol", super::proxy_protocol);
     }
 }

@@ -3,6 +3,7 @@
 //! requests, give up at a deadline).
 
 pub mod http1;
+pub mod proxy_protocol;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -188,6 +189,7 @@ pub async fn serve(
                         None => continue,
                     },
                 };
+                let proxy_protocol = snap.config.listen.proxy_protocol;
                 drop(snap);
                 let watcher = graceful.watcher();
                 let stop = h1_stop.subscribe();
@@ -198,6 +200,19 @@ pub async fn serve(
                     total.fetch_add(1, Ordering::Relaxed);
                     let _open = (Decrement(gauge), Decrement(total));
                     let _ = stream.set_nodelay(true);
+                    let mut stream = stream;
+                    // Behind an L4 balancer: the header names the client (read before TLS).
+                    let peer = if proxy_protocol {
+                        match proxy_protocol::accept(&mut stream, peer, &settings.trusted_proxies, settings.header_timeout).await {
+                            Ok(client) => client,
+                            Err(e) => {
+                                tracing::debug!(peer = %peer, error = %e, "closed without an answer");
+                                return;
+                            }
+                        }
+                    } else {
+                        peer
+                    };
                     let info = ConnInfo { peer, tls: tls.is_some() };
                     let limits = http1::Limits {
                         header_timeout: settings.header_timeout,
