@@ -11,6 +11,7 @@ command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || need_apt+=(dnsmasq-base)
 [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || need_apt+=(chromium chromium-driver)
 command -v redis-sentinel >/dev/null || need_apt+=(redis-sentinel)
+command -v haproxy >/dev/null || need_apt+=(haproxy)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]}"
   apt-get update -qq
@@ -29,3 +30,4 @@ python3 tests/e2e/e2e.py
 python3 tests/e2e/e2e_dns.py
 python3 tests/e2e/e2e_dashboard.py
 python3 tests/e2e/e2e_redis.py
+python3 tests/e2e/e2e_proxy_protocol.py
