@@ -5,6 +5,7 @@
 //! and waiters. The request path only touches it when the backend has a limit: the
 //! snapshot's `max_conns` is checked first, and 0 costs a branch.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -87,6 +88,25 @@ impl Default for BackendQueue {
             wait_sum_us: AtomicU64::new(0),
         }
     }
+}
+
+thread_local! {
+    /// Set when a request starts waiting in a queue, during the poll of its future; the
+    /// connection loop that polled it reads it right after (same thread, same poll).
+    static STARTED_WAITING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// For a connection loop, after polling a request that is not finished: did it just start
+/// waiting in a backend's queue? (Then the loop watches for its client leaving.) Clears the
+/// mark. Costs a thread-local read, so requests that never queue pay next to nothing.
+pub fn take_started_waiting() -> bool {
+    STARTED_WAITING.with(|w| {
+        let set = w.get();
+        if set {
+            w.set(false);
+        }
+        set
+    })
 }
 
 /// Something that owns a [`BackendQueue`] and can be kept alive by the slot it hands out.
@@ -258,6 +278,7 @@ pub async fn acquire<T: HasQueue>(owner: &Arc<T>, limits: Limits) -> Result<Slot
         });
     }
     let _waiting = Waiting(q);
+    STARTED_WAITING.with(|w| w.set(true));
     let start = Instant::now();
     let deadline = tokio::time::Instant::now() + limits.queue_timeout;
     loop {
