@@ -2,6 +2,9 @@
 //! X-Forwarded-For), on plain and TLS listeners; bad, late or untrusted headers close the
 //! connection without an answer.
 
+// Test code: a panic on a setup failure is how a test fails (see [lints] in Cargo.toml).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::net::SocketAddr;

@@ -2,12 +2,17 @@
 //! requests wait for their own backend, refusals are 503 + Retry-After, and a client that
 //! leaves the queue never reaches the backend.
 
+// Test code: a panic on a setup failure is how a test fails (see [lints] in Cargo.toml).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use common::{get, Proxy};
@@ -62,14 +67,14 @@ impl Slow {
                         async move {
                             let n = now.fetch_add(1, Ordering::SeqCst) + 1;
                             max.fetch_max(n, Ordering::SeqCst);
-                            paths.lock().unwrap().push(req.uri().path().to_string());
+                            paths.lock().push(req.uri().path().to_string());
                             let session = req
                                 .headers()
                                 .get("x-session")
                                 .map(|v| v.to_str().unwrap().to_string())
                                 .unwrap_or_default();
                             let count = {
-                                let mut v = visits.lock().unwrap();
+                                let mut v = visits.lock();
                                 let c = v.entry(session).or_insert(0);
                                 *c += 1;
                                 *c
@@ -98,12 +103,7 @@ impl Slow {
     }
 
     fn served(&self, path: &str) -> usize {
-        self.paths
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|p| *p == path)
-            .count()
+        self.paths.lock().iter().filter(|p| *p == path).count()
     }
 }
 
@@ -192,7 +192,7 @@ async fn sessions_wait_for_their_own_backend_which_never_exceeds_max_conns() {
     let mut total = 0;
     for (sid, _, home) in &sessions {
         let b = backends.iter().find(|b| b.name == home).unwrap();
-        assert_eq!(b.visits.lock().unwrap().get(sid), Some(&4), "{sid}");
+        assert_eq!(b.visits.lock().get(sid), Some(&4), "{sid}");
         total += 1;
     }
     assert_eq!(total, 12);
