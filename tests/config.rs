@@ -287,6 +287,12 @@ max_conns = 50
     assert!(!d.listen.proxy_protocol);
     assert_eq!((d.pools[0].max_conns, d.pools[0].max_queue), (0, 0));
     assert_eq!(d.pools[0].queue_timeout, Duration::from_secs(10));
+    let d = Config::parse(
+        "[pools.p]\n[[pools.p.discover]]\ndns = \"app.test\"\nport = 80\nmax_conns = 7\n",
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(d.pools[0].discover[0].max_conns, Some(7));
     let e = errors("[pools.p]\nmax_conns = -1\n[[pools.p.backends]]\naddress = \"127.0.0.1:1\"\n");
     assert!(
         e[0].starts_with("t.toml:2:13: pools.p.max_conns: "),
