@@ -305,6 +305,7 @@ async fn exchange<S: ClientIo, H: Handler>(
     };
     let mut handling = handler.call(info, Request::from_parts(parts, body));
     let mut piece: Option<BodyPiece> = None;
+    let mut client_watch = ClientWatch::Off;
     let res = loop {
         if piece.is_none() && tx.is_some() {
             match decoder.decode(buf) {
@@ -322,9 +323,18 @@ async fn exchange<S: ClientIo, H: Handler>(
             }
         }
         let reading = tx.is_some() && piece.is_none();
+        let watching = client_watch == ClientWatch::On;
         let step = tokio::select! {
             biased;
-            r = &mut handling => break r,
+            r = poll_fn(|cx| poll_unless_queued(&mut handling, cx)) => match r {
+                Some(r) => break r,
+                // It waits in a backend's queue: from now on a client that leaves takes
+                // its request out of the queue (read below).
+                None => {
+                    client_watch = ClientWatch::On;
+                    Step::Continue
+                }
+            },
             Some(h) = next_interim(&mut interim_rx) => {
                 if !(h.status == StatusCode::CONTINUE && sent_continue)
                     && send(io, &interim_head(&h)).await.is_err()
@@ -342,8 +352,17 @@ async fn exchange<S: ClientIo, H: Handler>(
                 // Nobody wants the rest of the body.
                 _ => Step::StopBody,
             },
-            n = read_more(io, buf), if reading => match n {
-                Ok(n) if n > 0 => Step::Continue,
+            n = read_more(io, buf), if reading || watching => match n {
+                Ok(n) if n > 0 => {
+                    if !reading {
+                        // Pipelined bytes, kept for the next request; stop reading ahead.
+                        client_watch = ClientWatch::Done;
+                    }
+                    Step::Continue
+                }
+                // The client left while its request was queued: drop the request, so it
+                // never reaches the backend.
+                _ if watching => return Next::Close,
                 // The client went away mid-body: the dropped sender aborts the upload.
                 _ => Step::StopBody,
             },
@@ -444,6 +463,31 @@ async fn reserve(tx: &Option<mpsc::Sender<BodyPiece>>) -> Option<mpsc::Permit<'_
     match tx {
         Some(tx) => tx.reserve().await.ok(),
         None => std::future::pending().await,
+    }
+}
+
+/// Whether the loop watches for its client leaving while a request is handled.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ClientWatch {
+    /// Not queued: not watched (no read registered for it, nothing paid).
+    Off,
+    /// The request waits (or waited) in a backend's queue: a close drops it.
+    On,
+    /// The client sent more meanwhile (pipelining): kept in the buffer, no more watching.
+    Done,
+}
+
+/// Polls the request; `Ready(None)` when it has just started waiting in a backend's queue
+/// (a thread-local mark the queue sets during this poll). Requests that never queue pay a
+/// thread-local read per poll for this.
+fn poll_unless_queued(
+    handling: &mut Handling,
+    cx: &mut std::task::Context<'_>,
+) -> Poll<Option<Result<http::Response<ProxyBody>, std::convert::Infallible>>> {
+    match handling.as_mut().poll(cx) {
+        Poll::Ready(r) => Poll::Ready(Some(r)),
+        Poll::Pending if crate::queue::take_started_waiting() => Poll::Ready(None),
+        Poll::Pending => Poll::Pending,
     }
 }
 
