@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,17 +24,20 @@ async fn two_hundred_keep_alive_clients_see_no_failure_while_reloading_every_100
     let list_two = pool_config("", "", &[&a, &b, &d]);
     let path = config_file(&list_one);
     let proxy = Proxy::start_file(&path).await;
-    let stop = Instant::now() + Duration::from_secs(5);
+    // Clients run until the reloads are done (bounded by a 30 s cap), so a loaded machine
+    // that fits fewer reloads per second still sees all of them happen under load.
+    let done = Arc::new(AtomicBool::new(false));
+    let cap = Instant::now() + Duration::from_secs(30);
     let ok = Arc::new(AtomicU64::new(0));
     let mut clients = Vec::new();
     for i in 0..200 {
-        let (addr, ok) = (proxy.addr, ok.clone());
+        let (addr, ok, done) = (proxy.addr, ok.clone(), done.clone());
         clients.push(tokio::spawn(async move {
             let mut conn = KeepAlive::connect(addr).await;
             let ip = format!("10.80.{}.{}", i / 200, i % 200 + 1);
             let mut cookie: Option<String> = None;
             let mut failures = Vec::new();
-            while Instant::now() < stop {
+            while !done.load(Ordering::Relaxed) && Instant::now() < cap {
                 let c = cookie.as_ref().map(|c| format!("TETHER={c}"));
                 let mut h = vec![("x-forwarded-for", ip.as_str())];
                 if let Some(c) = &c {
@@ -58,7 +61,7 @@ async fn two_hundred_keep_alive_clients_see_no_failure_while_reloading_every_100
         }));
     }
     let mut reloads = 0;
-    while Instant::now() < stop {
+    while reloads < 20 && Instant::now() < cap {
         tokio::time::sleep(Duration::from_millis(100)).await;
         write(
             &path,
@@ -71,6 +74,7 @@ async fn two_hundred_keep_alive_clients_see_no_failure_while_reloading_every_100
         proxy.reloader.reload(Trigger::Requested).await.unwrap();
         reloads += 1;
     }
+    done.store(true, Ordering::Relaxed);
     let mut failures = Vec::new();
     for c in clients {
         failures.extend(c.await.unwrap());
@@ -81,15 +85,20 @@ async fn two_hundred_keep_alive_clients_see_no_failure_while_reloading_every_100
         failures.len(),
         &failures[..failures.len().min(5)]
     );
-    // 50 are attempted; the reloading task shares two cores with 200 busy clients, so a
-    // loaded machine fits fewer in the 5 s. Twenty still swap the backend list under load.
-    assert!(reloads >= 20, "only {reloads} reloads");
+    assert_eq!(reloads, 20, "the reloads did not finish within the cap");
     assert!(
-        ok.load(Ordering::Relaxed) > 2000,
+        ok.load(Ordering::Relaxed) > 1000,
         "too little load: {}",
         ok.load(Ordering::Relaxed)
     );
-    assert_eq!(proxy.app.meta().generation, 1 + reloads);
+    // Every requested reload applies once; the file watcher may apply a write first (then
+    // the requested reload of the same text applies again), so a generation per write at
+    // least, and at most two.
+    let generation = proxy.app.meta().generation;
+    assert!(
+        (1 + reloads..=1 + 2 * reloads).contains(&generation),
+        "generation {generation} after {reloads} reloads"
+    );
 }
 
 /// Backend answers for 300 IPs in the ip pool and 100 cookie sessions in the cookie pool.
