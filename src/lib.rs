@@ -47,4 +47,5 @@ pub mod runtime;
 pub mod server;
 pub mod sessions;
 pub mod state;
+pub mod systemd;
 pub mod tls;

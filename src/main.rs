@@ -336,8 +336,12 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
             let _ = rx.changed().await;
         }));
     }
+    // Every listener is bound (the kernel completes handshakes into their backlogs) and the
+    // accept loops start as `serve` is first polled, just below.
+    tether::systemd::ready();
     server::serve(app, listeners, async move {
         server::shutdown_signal().await;
+        tether::systemd::stopping();
         let _ = stop_tx.send(true);
     })
     .await;
