@@ -107,3 +107,100 @@ async fn ready_after_listeners_accept_reloading_then_ready_on_sighup_stopping_on
     assert_eq!(status.code(), Some(0));
     let _ = std::fs::remove_file(&sock_path);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_upgrade_the_new_process_sends_mainpid_then_ready_and_the_old_no_stopping() {
+    let backend = common::Backend::start("one").await;
+    let http = common::free_addr();
+    let cfg = common::config_file(&format!(
+        "[listen]\nhttp = [\"{http}\"]\nhandover = \"handover.sock\"\n[log]\naccess = \"off\"\n[proxy]\nshutdown_timeout = \"2s\"\n[pools.web]\n[[pools.web.backends]]\nid = \"one\"\naddress = \"{}\"\n",
+        backend.addr
+    ));
+    let sock_path = cfg.with_file_name("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    let start = |upgrade: bool| {
+        let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_tether"));
+        c.args(["run", "-c", cfg.to_str().unwrap()]);
+        if upgrade {
+            c.arg("--upgrade");
+        }
+        c.env("NOTIFY_SOCKET", &sock_path)
+            .env("RUST_LOG", "warn")
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let mut old = start(false);
+    assert_eq!(next(&sock, Duration::from_secs(20)).await, "READY=1\n");
+
+    let new = start(true);
+    let new_pid = new.id().unwrap();
+    assert_eq!(
+        next(&sock, Duration::from_secs(20)).await,
+        format!("MAINPID={new_pid}\n")
+    );
+    assert_eq!(next(&sock, Duration::from_secs(10)).await, "READY=1\n");
+    let status = tokio::time::timeout(Duration::from_secs(15), old.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    // The old process left without a word: systemd must not think the service stops.
+    assert_eq!(try_next(&sock, Duration::from_millis(500)).await, None);
+    assert_eq!(common::get(http, "/", &[]).await.status, 200);
+
+    signal(new_pid, "-TERM");
+    assert_eq!(next(&sock, Duration::from_secs(10)).await, "STOPPING=1\n");
+    let _ = std::fs::remove_file(&sock_path);
+}
+
+/// SIGUSR2: the running tether starts `tether run --upgrade` from its own binary and
+/// arguments; the new process (found through its MAINPID=) serves and the old exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr2_upgrades_in_place_from_the_own_binary() {
+    let backend = common::Backend::start("one").await;
+    let http = common::free_addr();
+    let cfg = common::config_file(&format!(
+        "[listen]\nhttp = [\"{http}\"]\nhandover = \"handover.sock\"\n[log]\naccess = \"off\"\n[pools.web]\n[[pools.web.backends]]\nid = \"one\"\naddress = \"{}\"\n",
+        backend.addr
+    ));
+    let sock_path = cfg.with_file_name("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    let mut old = tokio::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["run", "-c", cfg.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    assert_eq!(next(&sock, Duration::from_secs(20)).await, "READY=1\n");
+    signal(old.id().unwrap(), "-USR2");
+    let main = next(&sock, Duration::from_secs(20)).await;
+    let new_pid: u32 = main
+        .trim()
+        .strip_prefix("MAINPID=")
+        .unwrap_or_else(|| panic!("{main:?}"))
+        .parse()
+        .unwrap();
+    assert_ne!(Some(new_pid), old.id());
+    // Not our child: make sure it goes when the test ends, whatever happens.
+    struct KillOnDrop(u32);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &self.0.to_string()])
+                .status();
+        }
+    }
+    let _new = KillOnDrop(new_pid);
+    assert_eq!(next(&sock, Duration::from_secs(10)).await, "READY=1\n");
+    let status = tokio::time::timeout(Duration::from_secs(40), old.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(common::get(http, "/", &[]).await.status, 200);
+    signal(new_pid, "-TERM");
+    assert_eq!(next(&sock, Duration::from_secs(10)).await, "STOPPING=1\n");
+    let _ = std::fs::remove_file(&sock_path);
+}
