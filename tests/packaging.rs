@@ -1,5 +1,7 @@
 //! The shipped packaging: the packaged config parses, the systemd unit has the settings the
 //! product promises, and every asset cargo-deb packs exists.
+// Test code: a panic on a setup failure is how a test fails (see [lints] in Cargo.toml).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 

@@ -1,6 +1,8 @@
 //! systemd notifications from the real `tether run`, read from a Unix datagram socket named
 //! in `NOTIFY_SOCKET` (no systemd needed): READY once the listeners accept, RELOADING (with
 //! MONOTONIC_USEC) then READY around every reload, also a rejected one, STOPPING on SIGTERM.
+// Test code: a panic on a setup failure is how a test fails (see [lints] in Cargo.toml).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

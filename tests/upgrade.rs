@@ -2,6 +2,8 @@
 //! sticky sessions, upgrades in a row fail no request, refuse no connection and move no
 //! session; admin drains and learned sessions survive; a broken config leaves the old
 //! instance serving; a WebSocket lives on until the old process's deadline.
+// Test code: a panic on a setup failure is how a test fails (see [lints] in Cargo.toml).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

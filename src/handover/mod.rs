@@ -140,6 +140,10 @@ pub fn offer(
                     Ok(c) => c,
                     Err(e) => {
                         tracing::warn!(error = %e, "handover: accept failed");
+                        #[allow(
+                            clippy::disallowed_methods,
+                            reason = "the handover thread is its own OS thread, not a tokio worker"
+                        )]
                         std::thread::sleep(std::time::Duration::from_millis(100));
                         continue;
                     }
