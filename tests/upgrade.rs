@@ -407,3 +407,60 @@ async fn a_websocket_open_across_an_upgrade_works_until_the_old_deadline() {
     assert_eq!(common::get(s.http, "/", &[]).await.status, 200);
     drop(new);
 }
+
+/// `tether check` prints the handover socket: `[listen] handover` relative to the file, or
+/// the default name (a hash of the file's canonical path) in `$RUNTIME_DIRECTORY`.
+#[test]
+fn check_prints_the_handover_socket() {
+    use sha2::Digest;
+    let check = |cfg: &Path, runtime_dir: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+            .args(["check", "-c", cfg.to_str().unwrap()])
+            .env("RUNTIME_DIRECTORY", runtime_dir)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("handover socket: ").map(str::to_string))
+            .unwrap()
+    };
+    let set = common::config_file(
+        "[listen]\nhttp = [\"127.0.0.1:1\"]\nhandover = \"h.sock\"\n[pools.p]\n[[pools.p.backends]]\nid = \"a\"\naddress = \"127.0.0.1:2\"\n",
+    );
+    assert_eq!(
+        check(&set, "/run/elsewhere"),
+        set.with_file_name("h.sock").display().to_string()
+    );
+    let default = common::config_file(
+        "[listen]\nhttp = [\"127.0.0.1:1\"]\n[pools.p]\n[[pools.p.backends]]\nid = \"a\"\naddress = \"127.0.0.1:2\"\n",
+    );
+    let canonical = std::fs::canonicalize(&default).unwrap();
+    let digest = sha2::Sha256::digest(canonical.as_os_str().as_encoded_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(hex.len(), 16);
+    assert_eq!(
+        check(&default, "/run/tether-test"),
+        format!("/run/tether-test/handover-{hex}.sock")
+    );
+}
+
+/// The handover socket is owner-only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_handover_socket_is_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let (a, b, c) = three().await;
+    let s = setup("", &[&a, &b, &c]);
+    let proc = tether(&s.cfg, false);
+    common::wait_listening(s.http).await;
+    let sock = s.cfg.with_file_name("handover.sock");
+    for _ in 0..100 {
+        if sock.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    drop(proc);
+}
