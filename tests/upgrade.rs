@@ -464,3 +464,58 @@ async fn the_handover_socket_is_owner_only() {
     assert_eq!(mode & 0o777, 0o600, "{mode:o}");
     drop(proc);
 }
+
+/// Remembered header keys pass to the new process: the upgrade's config adds a fourth
+/// backend, and no remembered key moves to it (a fresh table would move about a quarter).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remembered_keys_survive_an_upgrade_that_adds_a_backend() {
+    let (a, b, c) = three().await;
+    let d = Backend::start("b4").await;
+    let pool = "affinity = \"header\"\nheader = \"X-User\"\n[pools.app.remember]\nttl = \"10m\"\ncapacity = 10000";
+    let s = setup(pool, &[&a, &b, &c]);
+    let proc = tether(&s.cfg, false);
+    common::wait_listening(s.http).await;
+    let mut homes = Vec::new();
+    for u in 0..80 {
+        let user = format!("user-{u}");
+        homes.push(
+            common::get(s.http, "/", &[("x-user", &user)])
+                .await
+                .backend(),
+        );
+    }
+    let text = std::fs::read_to_string(&s.cfg).unwrap();
+    std::fs::write(
+        &s.cfg,
+        format!(
+            "{text}\n[[pools.app.backends]]\nid = \"b4\"\naddress = \"{}\"\n",
+            d.addr
+        ),
+    )
+    .unwrap();
+    let proc = upgrade(&s, proc).await;
+    let mut moved = 0;
+    for (u, home) in homes.iter().enumerate() {
+        let user = format!("user-{u}");
+        if &common::get(s.http, "/", &[("x-user", &user)])
+            .await
+            .backend()
+            != home
+        {
+            moved += 1;
+        }
+    }
+    assert_eq!(moved, 0, "remembered keys moved after the upgrade");
+    // The new backend is in service: new keys reach it.
+    let mut fresh = Vec::new();
+    for u in 0..80 {
+        let user = format!("new-{u}");
+        fresh.push(
+            common::get(s.http, "/", &[("x-user", &user)])
+                .await
+                .backend(),
+        );
+    }
+    assert!(fresh.iter().any(|b| b == "b4"), "{fresh:?}");
+    drop(proc);
+}
