@@ -66,7 +66,11 @@ fn read_listen(r: &mut Reader, root: &dyn TableLike) -> Listen {
         handover: None,
     };
     if let Some(t) = r.table(root, "", "listen") {
-        r.check_keys(t, "listen", &["http", "https", "proxy_protocol", "handover"]);
+        r.check_keys(
+            t,
+            "listen",
+            &["http", "https", "proxy_protocol", "handover"],
+        );
         listen.proxy_protocol = r
             .opt(t, "listen", "proxy_protocol", as_bool)
             .unwrap_or(false);
