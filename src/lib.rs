@@ -37,6 +37,7 @@ pub mod explain;
 #[doc(hidden)]
 pub mod fuzz_targets;
 pub mod h1;
+pub mod handover;
 pub mod health;
 pub mod history;
 pub mod metrics;
@@ -47,4 +48,5 @@ pub mod runtime;
 pub mod server;
 pub mod sessions;
 pub mod state;
+pub mod systemd;
 pub mod tls;

@@ -41,6 +41,10 @@ enum Command {
         /// Worker threads (default: one per CPU).
         #[arg(long, env = "TETHER_THREADS")]
         threads: Option<usize>,
+        /// Take over from the running instance of this config (its listening sockets and
+        /// state) without dropping a connection; exit 1 if it cannot.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a config file and print a summary.
     Check {
@@ -145,9 +149,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check { config } => return check(&config),
         Command::Explain(args) => explain_cmd(args),
-        Command::Run { config, threads } => {
-            runtime(threads).and_then(|rt| rt.block_on(run(config)))
-        }
+        Command::Run {
+            config,
+            threads,
+            upgrade,
+        } => runtime(threads).and_then(|rt| rt.block_on(run(config, upgrade))),
         Command::Demo { listen } => runtime(None).and_then(|rt| rt.block_on(run_demo(listen))),
         Command::Ctl(args) => runtime(Some(1)).and_then(|rt| rt.block_on(ctl(args))),
     };
@@ -211,6 +217,10 @@ fn check(path: &Path) -> ExitCode {
                     .join(", ")
             };
             println!("listen http: {}", addrs(&c.listen.http));
+            println!(
+                "handover socket: {}",
+                tether::handover::path(&c, path).display()
+            );
             if !c.listen.https.is_empty() {
                 println!("listen https: {}", addrs(&c.listen.https));
             }
@@ -301,18 +311,35 @@ fn explain_cmd(a: ExplainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run(path: PathBuf) -> anyhow::Result<()> {
+async fn run(path: PathBuf, upgrade: bool) -> anyhow::Result<()> {
     let config = load(&path)?;
-    let listeners = server::bind(&config.listen).await?;
-    let admin_listener = match &config.admin {
-        Some(a) => Some(
+    let handover_path = tether::handover::path(&config, &path);
+    // An upgrade checks everything it can before it touches the running instance: the
+    // config (above) and its certificates.
+    let mut takeover = if upgrade {
+        tether::tls::load(&config, &tether::app::base_dir(Some(&path))).map_err(diagnostics)?;
+        let p = handover_path.clone();
+        Some(tokio::task::spawn_blocking(move || tether::handover::connect(&p)).await??)
+    } else {
+        None
+    };
+    let listeners = match &mut takeover {
+        Some(t) => t.listeners(&config.listen)?,
+        None => server::bind(&config.listen).await?,
+    };
+    let admin_listener = match (&config.admin, &mut takeover) {
+        (Some(a), Some(t)) => Some(t.admin_listener(a.listen)?),
+        (Some(a), None) => Some(
             tokio::net::TcpListener::bind(a.listen)
                 .await
                 .with_context(|| format!("cannot listen on {} (admin)", a.listen))?,
         ),
-        None => None,
+        (None, _) => None,
     };
     let app = App::new(config, Some(path)).map_err(diagnostics)?;
+    if let Some(t) = &takeover {
+        t.import(&app);
+    }
     // Backends from DNS first, then first health verdicts: new backends are checked before
     // they get sessions.
     app.discovery
@@ -328,6 +355,22 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
     }
     let reloader = reload::Reloader::spawn(app.clone());
     reload::spawn_triggers(&app, &reloader);
+    let admin_fd = match &admin_listener {
+        Some(l) => Some((
+            l.local_addr()?,
+            std::os::fd::AsFd::as_fd(l).try_clone_to_owned()?,
+        )),
+        None => None,
+    };
+    // Without a handover socket tether still serves; it just cannot be upgraded in place.
+    let handed_over = match tether::handover::offer(app.clone(), &handover_path, admin_fd) {
+        Ok(rx) => Some(rx),
+        Err(e) => {
+            tracing::warn!(error = %e, "no handover socket: `tether run --upgrade` will not find this instance");
+            None
+        }
+    };
+    tether::handover::spawn_on_sigusr2();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     if let Some(l) = admin_listener {
         tracing::info!(address = %l.local_addr()?, "admin API listening");
@@ -336,8 +379,29 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
             let _ = rx.changed().await;
         }));
     }
+    // Every listener is bound (the kernel completes handshakes into their backlogs) and the
+    // accept loops start as `serve` is first polled, just below. After an upgrade the old
+    // instance stops accepting only now, on the same sockets: no connection is refused.
+    if let Some(t) = takeover {
+        t.go()?;
+        tether::systemd::main_pid();
+    }
+    tether::systemd::ready();
     server::serve(app, listeners, async move {
-        server::shutdown_signal().await;
+        let taken_over = async {
+            let done = match handed_over {
+                Some(rx) => rx.await.is_ok(),
+                None => false,
+            };
+            if !done {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            _ = server::shutdown_signal() => tether::systemd::stopping(),
+            // The new process is the service now: no STOPPING=1 from this one.
+            _ = taken_over => {}
+        }
         let _ = stop_tx.send(true);
     })
     .await;

@@ -122,6 +122,9 @@ fn reload(app: &App, trigger: Trigger) -> Outcome {
     let path = app.meta().path.clone().ok_or(ReloadError::NoFile)?;
     let _one_at_a_time = app.reload_lock.lock();
     let result = read_and_apply(app, &path, trigger);
+    if !matches!(result, Ok(None)) {
+        crate::systemd::ready();
+    }
     match &result {
         Ok(Some(generation)) => {
             app.reloads_ok.fetch_add(1, Ordering::Relaxed);
@@ -142,13 +145,19 @@ fn reload(app: &App, trigger: Trigger) -> Outcome {
 }
 
 fn read_and_apply(app: &App, path: &Path, trigger: Trigger) -> Outcome {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let text = std::fs::read_to_string(path);
+    if let Ok(text) = &text {
+        let hash = xxhash_rust::xxh3::xxh3_64(text.as_bytes());
+        if trigger == Trigger::FileChanged && app.meta().content_hash == Some(hash) {
+            return Ok(None);
+        }
+    }
+    // From here on this is a reload (`reload` sends READY=1 when it ends, however it ends).
+    crate::systemd::reloading();
+    let text = text.map_err(|e| {
         ReloadError::Read(format!("{}: cannot read config file: {e}", path.display()))
     })?;
     let hash = xxhash_rust::xxh3::xxh3_64(text.as_bytes());
-    if trigger == Trigger::FileChanged && app.meta().content_hash == Some(hash) {
-        return Ok(None);
-    }
     let config = Config::parse(&text, &path.display().to_string()).map_err(|e| match e {
         ConfigError::Invalid(d) => ReloadError::Invalid(d),
         other => ReloadError::Read(other.to_string()),

@@ -38,6 +38,8 @@ pub struct Listen {
     pub https: Vec<SocketAddr>,
     /// Every connection on these listeners starts with a PROXY protocol header.
     pub proxy_protocol: bool,
+    /// The upgrade handover socket (`None`: the default path, see `handover::path`).
+    pub handover: Option<std::path::PathBuf>,
 }
 
 /// A file path from the config, with where it was written (for error messages).

@@ -63,12 +63,23 @@ fn read_listen(r: &mut Reader, root: &dyn TableLike) -> Listen {
         http: vec![SocketAddr::from(([0, 0, 0, 0], 8080))],
         https: Vec::new(),
         proxy_protocol: false,
+        handover: None,
     };
     if let Some(t) = r.table(root, "", "listen") {
-        r.check_keys(t, "listen", &["http", "https", "proxy_protocol"]);
+        r.check_keys(
+            t,
+            "listen",
+            &["http", "https", "proxy_protocol", "handover"],
+        );
         listen.proxy_protocol = r
             .opt(t, "listen", "proxy_protocol", as_bool)
             .unwrap_or(false);
+        listen.handover = r.opt(t, "listen", "handover", |v| {
+            super::reader::as_str(v).and_then(|s| match s.is_empty() {
+                true => Err("an empty path".to_string()),
+                false => Ok(std::path::PathBuf::from(s)),
+            })
+        });
         let addrs = |v: &toml_edit::Value| {
             as_list(v, |s| {
                 s.parse::<SocketAddr>().map_err(|_| {

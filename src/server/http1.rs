@@ -203,7 +203,9 @@ async fn read_head<S: ClientIo>(
                     tokio::select! {
                         r = tcp.readable() => if r.is_err() { return Ok(Head::None) },
                         _ = tokio::time::sleep_until(deadline) => return Ok(Head::None),
-                        _ = shutdown.changed() => return Ok(Head::None),
+                        // A new connection still gets its first request served: the
+                        // client has just been accepted (on shutdown or an upgrade).
+                        _ = shutdown.changed(), if !first => return Ok(Head::None),
                     }
                 }
             }
@@ -215,7 +217,7 @@ async fn read_head<S: ClientIo>(
         let n = tokio::select! {
             r = io.read_buf(buf) => r,
             _ = tokio::time::sleep_until(deadline) => return Ok(Head::None),
-            _ = shutdown.changed(), if idle => return Ok(Head::None),
+            _ = shutdown.changed(), if idle && !first => return Ok(Head::None),
         };
         match n {
             Ok(0) | Err(_) => return Ok(Head::None),

@@ -49,7 +49,7 @@ pub async fn bind(listen: &Listen) -> std::io::Result<Vec<(SocketAddr, Kind, Tcp
         .collect()
 }
 
-fn bind_one(a: SocketAddr) -> std::io::Result<TcpListener> {
+pub fn bind_one(a: SocketAddr) -> std::io::Result<TcpListener> {
     let std = std::net::TcpListener::bind(a)
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {a}: {e}")))?;
     std.set_nonblocking(true)?;
@@ -65,6 +65,8 @@ pub struct ListenerSet {
     tx: Option<mpsc::Sender<Accepted>>,
     rx: Option<mpsc::Receiver<Accepted>>,
     acceptors: Vec<(SocketAddr, Kind, JoinHandle<()>)>,
+    /// A duplicate of each acceptor's socket (same order), for an upgrade handover.
+    fds: Vec<std::os::fd::OwnedFd>,
 }
 
 impl Default for ListenerSet {
@@ -74,6 +76,7 @@ impl Default for ListenerSet {
             tx: Some(tx),
             rx: Some(rx),
             acceptors: Vec::new(),
+            fds: Vec::new(),
         }
     }
 }
@@ -81,6 +84,11 @@ impl Default for ListenerSet {
 impl ListenerSet {
     fn start(&mut self, app: &App, configured: SocketAddr, kind: Kind, l: TcpListener) {
         let Some(tx) = self.tx.clone() else { return };
+        use std::os::fd::AsFd;
+        let Ok(fd) = l.as_fd().try_clone_to_owned() else {
+            tracing::error!(address = %configured, "cannot duplicate a listening socket; not listening on it");
+            return;
+        };
         let name = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
         let gauge = app.listener_gauge(&name);
         let task = tokio::spawn(async move {
@@ -100,10 +108,12 @@ impl ListenerSet {
             }
         });
         self.acceptors.push((configured, kind, task));
+        self.fds.push(fd);
     }
 
     fn stop_all(&mut self) {
         self.tx = None;
+        self.fds.clear();
         for (_, _, t) in self.acceptors.drain(..) {
             t.abort();
         }
@@ -130,6 +140,16 @@ pub fn apply_listen(app: &App, listen: &Listen) -> std::io::Result<()> {
     for (a, k) in wanted.iter().filter(|w| !current.contains(w)) {
         fresh.push((*a, *k, bind_one(*a)?));
     }
+    let keep: Vec<bool> = set
+        .acceptors
+        .iter()
+        .map(|(a, k, _)| wanted.contains(&(*a, *k)))
+        .collect();
+    let mut i = 0;
+    set.fds.retain(|_| {
+        i += 1;
+        keep[i - 1]
+    });
     set.acceptors.retain(|(a, k, task)| {
         let keep = wanted.contains(&(*a, *k));
         if !keep {
@@ -143,6 +163,17 @@ pub fn apply_listen(app: &App, listen: &Listen) -> std::io::Result<()> {
         set.start(app, a, k, l);
     }
     Ok(())
+}
+
+/// Duplicates of the running listeners' sockets with their configured address and kind
+/// (for an upgrade handover); empty once the server has shut down.
+pub fn listener_fds(app: &App) -> Vec<(SocketAddr, Kind, std::os::fd::OwnedFd)> {
+    let set = app.listeners.lock();
+    set.acceptors
+        .iter()
+        .zip(&set.fds)
+        .filter_map(|((a, k, _), fd)| fd.try_clone().ok().map(|fd| (*a, *k, fd)))
+        .collect()
 }
 
 /// Serves until `shutdown` completes, then stops accepting and waits for open connections
@@ -170,9 +201,12 @@ pub async fn serve(
     // `closed()` completes when the last one has.
     let (h1_stop, _) = watch::channel(false);
     tokio::pin!(shutdown);
+    let mut stopping = false;
     loop {
         tokio::select! {
             conn = rx.recv() => {
+                // Closed once the acceptors are gone: connections they had already accepted
+                // are served first, not dropped.
                 let Some((stream, peer, kind, gauge)) = conn else { break };
                 let snap = app.snapshot();
                 let settings = snap.config.proxy.clone();
@@ -262,11 +296,12 @@ pub async fn serve(
                     }
                 });
             }
-            _ = &mut shutdown => break,
+            _ = &mut shutdown, if !stopping => {
+                stopping = true;
+                app.listeners.lock().stop_all();
+            }
         }
     }
-    app.listeners.lock().stop_all();
-    drop(rx);
     let deadline = app.snapshot().config.proxy.shutdown_timeout;
     tracing::info!(
         connections = graceful.count() + h1_stop.receiver_count(),

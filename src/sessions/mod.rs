@@ -109,6 +109,27 @@ impl SessionTable {
         self.cache.invalidate(key);
     }
 
+    /// Every entry (key, backend id), for an upgrade handover.
+    pub fn export(&self) -> Vec<(Vec<u8>, Arc<str>)> {
+        self.cache
+            .iter()
+            .map(|(k, e)| (k.to_vec(), e.backend))
+            .collect()
+    }
+
+    /// Takes over entries exported by [`SessionTable::export`] (locally only: a shared
+    /// store already has them).
+    pub fn import(&self, key: &[u8], backend: Arc<str>) {
+        if key.is_empty() || key.len() > MAX_KEY {
+            return;
+        }
+        let entry = Entry {
+            backend,
+            written: Instant::now(),
+        };
+        self.cache.insert(key.into(), entry);
+    }
+
     /// On a local miss, asks the shared store (within [`store::READ_DEADLINE`]) and keeps the
     /// answer. Never fails: an unreachable or slow store is a miss.
     pub async fn lookup_shared(&self, key: &[u8]) -> Option<Arc<str>> {
