@@ -125,6 +125,8 @@ struct BackendSeries {
     requests: CounterSeries,
     pinned: CounterSeries,
     in_flight: Ring<f32>,
+    /// Requests waiting in the backend's queue (`max_conns`).
+    queued: Ring<f32>,
 }
 
 impl BackendSeries {
@@ -203,6 +205,7 @@ impl History {
                         requests: CounterSeries::new(len),
                         pinned: CounterSeries::new(len),
                         in_flight: Ring::filled(CAPACITY, f32::NAN, len),
+                        queued: Ring::filled(CAPACITY, f32::NAN, len),
                     });
                 if bs.address != *b.address {
                     // Same id, new address: a new backend whose counters start at zero
@@ -214,12 +217,14 @@ impl History {
                 bs.pinned
                     .record(s.pinned_while_draining.load(Ordering::Relaxed), dt_s);
                 bs.in_flight.push(s.in_flight() as f32);
+                bs.queued.push(s.queue.queued() as f32);
             }
             for (id, bs) in ps.backends.iter_mut() {
                 if !seen.contains(&id.as_str()) {
                     bs.requests.absent();
                     bs.pinned.absent();
                     bs.in_flight.push(f32::NAN);
+                    bs.queued.push(f32::NAN);
                 }
             }
             ps.backends.retain(|_, bs| bs.seen_in_window());
@@ -233,6 +238,7 @@ impl History {
                     bs.requests.absent();
                     bs.pinned.absent();
                     bs.in_flight.push(f32::NAN);
+                    bs.queued.push(f32::NAN);
                 }
                 ps.backends.retain(|_, bs| bs.seen_in_window());
             }
@@ -262,6 +268,7 @@ impl History {
                         "requests_per_s": values(&bs.requests.rates),
                         "pinned_per_s": values(&bs.pinned.rates),
                         "in_flight": values(&bs.in_flight),
+                        "queued": values(&bs.queued),
                     }),
                 );
             }
@@ -437,6 +444,16 @@ address = "127.0.0.1:2"
             series(&h, "b", "in_flight")[2],
             Value::Null,
             "removed: a gap"
+        );
+        assert_eq!(
+            series(&h, "b", "queued")[2],
+            Value::Null,
+            "removed: a gap in the queue series too"
+        );
+        assert_eq!(
+            series(&h, "a", "queued")[0],
+            serde_json::json!(0.0),
+            "an idle backend's queue is sampled as 0"
         );
         assert_eq!(h.to_json()["t"], json!([10_000, 12_000, 14_000]));
 
