@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
 use crate::config::HealthConfig;
-use crate::proxy::upstream::tcp_connect;
+use crate::proxy::upstream::connect::tcp_connect;
 use crate::runtime::Snapshot;
 use crate::state::BackendShared;
 use crate::tls::BackendTls;

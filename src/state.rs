@@ -11,7 +11,8 @@ pub mod carry;
 use parking_lot::Mutex;
 
 use crate::config::AdminState;
-use crate::proxy::upstream::ConnPool;
+use crate::proxy::upstream::error::ErrorKind;
+use crate::proxy::upstream::pool::ConnPool;
 use crate::queue::BackendQueue;
 use crate::sessions::{SessionTable, TableSettings};
 
@@ -74,18 +75,6 @@ const UNCHECKED: u8 = 0;
 const HEALTHY: u8 = 1;
 const UNHEALTHY: u8 = 2;
 
-/// Upstream error kinds counted per backend (`upstream_errors_total{kind}`).
-pub const ERROR_KINDS: [&str; 8] = [
-    "connect",
-    "connect_timeout",
-    "resolve",
-    "tls",
-    "handshake",
-    "response_timeout",
-    "response",
-    "protocol",
-];
-
 /// Upper bounds (seconds) of the request duration histogram.
 pub const DURATION_BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
@@ -96,7 +85,7 @@ pub const DURATION_BUCKETS: [f64; 12] = [
 pub struct BackendStats {
     /// Responses by status code 100..=599.
     codes: Box<[AtomicU64]>,
-    errors: [AtomicU64; ERROR_KINDS.len()],
+    errors: [AtomicU64; ErrorKind::ALL.len()],
     /// Per-bucket (not cumulative) counts; the last slot is +Inf.
     duration_buckets: [AtomicU64; DURATION_BUCKETS.len() + 1],
     duration_sum_us: AtomicU64,
@@ -128,17 +117,15 @@ impl BackendStats {
         })
     }
 
-    pub fn count_error(&self, kind: &str) {
-        if let Some(i) = ERROR_KINDS.iter().position(|k| *k == kind) {
-            self.errors[i].fetch_add(1, Ordering::Relaxed);
-        }
+    pub fn count_error(&self, kind: ErrorKind) {
+        self.errors[kind as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn errors(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-        ERROR_KINDS
+        ErrorKind::ALL
             .iter()
             .zip(&self.errors)
-            .map(|(k, c)| (*k, c.load(Ordering::Relaxed)))
+            .map(|(k, c)| (k.as_str(), c.load(Ordering::Relaxed)))
     }
 
     pub fn observe(&self, d: Duration) {
