@@ -15,7 +15,6 @@ use crate::discovery::resolve::SharedLookup;
 use crate::discovery::{Discovery, Hooks};
 use crate::health::Checker;
 use crate::runtime::Snapshot;
-use crate::server::ListenerSet;
 use crate::state::Registry;
 use crate::tls::TlsMaterial;
 
@@ -44,8 +43,6 @@ pub struct App {
     pub reloads_failed: AtomicU64,
     /// Open client connections per listener address.
     pub connections: Mutex<Vec<(String, Arc<AtomicU64>)>>,
-    /// The running listeners, changed by reloads.
-    pub listeners: Mutex<ListenerSet>,
     /// Open client connections over all listeners (for `max_connections`).
     pub open_connections: Arc<AtomicU64>,
     /// Set to true when open WebSocket/upgrade tunnels must close (shutdown deadline).
@@ -100,7 +97,6 @@ impl App {
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             connections: Mutex::new(Vec::new()),
-            listeners: Mutex::new(ListenerSet::default()),
             open_connections: Arc::new(AtomicU64::new(0)),
             close_tunnels: tokio::sync::watch::channel(false).0,
             tunnels: Arc::new(AtomicU64::new(0)),

@@ -353,7 +353,9 @@ async fn run(path: PathBuf, upgrade: bool) -> anyhow::Result<()> {
     for (_, kind, l) in &listeners {
         tracing::info!(address = %l.local_addr()?, ?kind, "listening");
     }
-    let reloader = reload::Reloader::spawn(app.clone());
+    // The running listeners: started by `serve`, changed by reloads, handed to an upgrade.
+    let running = server::Listeners::default();
+    let reloader = reload::Reloader::spawn(app.clone(), running.clone());
     reload::spawn_triggers(&app, &reloader);
     let admin_fd = match &admin_listener {
         Some(l) => Some((
@@ -363,7 +365,12 @@ async fn run(path: PathBuf, upgrade: bool) -> anyhow::Result<()> {
         None => None,
     };
     // Without a handover socket tether still serves; it just cannot be upgraded in place.
-    let handed_over = match tether::handover::offer(app.clone(), &handover_path, admin_fd) {
+    let handed_over = match tether::handover::offer(
+        app.clone(),
+        running.clone(),
+        &handover_path,
+        admin_fd,
+    ) {
         Ok(rx) => Some(rx),
         Err(e) => {
             tracing::warn!(error = %e, "no handover socket: `tether run --upgrade` will not find this instance");
@@ -387,7 +394,7 @@ async fn run(path: PathBuf, upgrade: bool) -> anyhow::Result<()> {
         tether::systemd::main_pid();
     }
     tether::systemd::ready();
-    server::serve(app, listeners, async move {
+    server::serve(app, running, listeners, async move {
         let taken_over = async {
             let done = match handed_over {
                 Some(rx) => rx.await.is_ok(),
@@ -528,6 +535,12 @@ async fn run_demo(listen: SocketAddr) -> anyhow::Result<()> {
         "      curl http://{listen}/                 (no cookie jar: a new session each time)"
     );
     let app = App::new(config, None).map_err(diagnostics)?;
-    server::serve(app, listeners, server::shutdown_signal()).await;
+    server::serve(
+        app,
+        server::Listeners::default(),
+        listeners,
+        server::shutdown_signal(),
+    )
+    .await;
     Ok(())
 }

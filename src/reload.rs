@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::app::App;
 use crate::config::{Config, ConfigError, Diagnostic};
+use crate::server::Listeners;
 
 /// Events closer together than this are one edit.
 const DEBOUNCE: Duration = Duration::from_millis(200);
@@ -69,8 +70,9 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    /// Starts the reload task for `app` (inside a tokio runtime).
-    pub fn spawn(app: Arc<App>) -> Reloader {
+    /// Starts the reload task for `app` (inside a tokio runtime); a reload changes
+    /// `listeners` to match the new `[listen]`.
+    pub fn spawn(app: Arc<App>, listeners: Listeners) -> Reloader {
         let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
@@ -85,7 +87,7 @@ impl Reloader {
                 } else {
                     Trigger::FileChanged
                 };
-                let outcome = reload(&app, trigger);
+                let outcome = reload(&app, &listeners, trigger);
                 for reply in jobs.into_iter().filter_map(|j| j.reply) {
                     let _ = reply.send(outcome.clone());
                 }
@@ -118,10 +120,10 @@ impl Reloader {
 
 /// Re-reads the config file and, if it is valid, applies it. Only the reload task calls
 /// this, one reload at a time.
-fn reload(app: &App, trigger: Trigger) -> Outcome {
+fn reload(app: &App, listeners: &Listeners, trigger: Trigger) -> Outcome {
     let path = app.meta().path.clone().ok_or(ReloadError::NoFile)?;
     let _one_at_a_time = app.reload_lock.lock();
-    let result = read_and_apply(app, &path, trigger);
+    let result = read_and_apply(app, listeners, &path, trigger);
     if !matches!(result, Ok(None)) {
         crate::systemd::ready();
     }
@@ -144,7 +146,7 @@ fn reload(app: &App, trigger: Trigger) -> Outcome {
     result
 }
 
-fn read_and_apply(app: &App, path: &Path, trigger: Trigger) -> Outcome {
+fn read_and_apply(app: &App, listeners: &Listeners, path: &Path, trigger: Trigger) -> Outcome {
     let text = std::fs::read_to_string(path);
     if let Ok(text) = &text {
         let hash = xxhash_rust::xxh3::xxh3_64(text.as_bytes());
@@ -165,7 +167,8 @@ fn read_and_apply(app: &App, path: &Path, trigger: Trigger) -> Outcome {
     warn_restart_needed(app, &config);
     let tls = crate::tls::load(&config, &crate::app::base_dir(Some(path)))
         .map_err(ReloadError::Invalid)?;
-    crate::server::apply_listen(app, &config.listen)
+    listeners
+        .apply(app, &config.listen)
         .map_err(|e| ReloadError::Listen(e.to_string()))?;
     app.install(config, tls);
     let mut meta = app.meta();

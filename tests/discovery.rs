@@ -82,14 +82,16 @@ async fn start(config: &str, table: &Arc<Table>, path: Option<std::path::PathBuf
         .first_resolutions(Duration::from_secs(5))
         .await;
     app.end_startup();
+    let running = tether::server::Listeners::default();
     tokio::spawn(tether::server::serve(
         app.clone(),
+        running.clone(),
         vec![(listen, tether::server::Kind::Http, listener)],
         std::future::pending(),
     ));
     let admin_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = admin_l.local_addr().unwrap();
-    let reloader = tether::reload::Reloader::spawn(app.clone());
+    let reloader = tether::reload::Reloader::spawn(app.clone(), running);
     tokio::spawn(tether::admin::serve(
         app.clone(),
         reloader.clone(),

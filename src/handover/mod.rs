@@ -17,6 +17,7 @@ use sha2::Digest;
 use crate::app::App;
 use crate::config::{Config, Listen};
 use crate::server::Kind;
+use crate::server::Listeners;
 use crate::state::carry::{self, BackendCarry, SessionsCarry};
 
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +126,7 @@ fn bind_socket(path: &Path) -> Result<UnixListener, HandoverError> {
 /// process has taken over (then stop accepting and finish, without `STOPPING=1`).
 pub fn offer(
     app: Arc<App>,
+    listeners: Listeners,
     path: &Path,
     admin: Option<(SocketAddr, OwnedFd)>,
 ) -> Result<tokio::sync::oneshot::Receiver<()>, HandoverError> {
@@ -148,7 +150,7 @@ pub fn offer(
                         continue;
                     }
                 };
-                match hand_over(&app, &conn, admin.as_ref()) {
+                match hand_over(&app, &listeners, &conn, admin.as_ref()) {
                     Ok(true) => {
                         HANDED_OVER.store(true, std::sync::atomic::Ordering::Relaxed);
                         tracing::info!(
@@ -174,12 +176,13 @@ pub fn offer(
 /// One attempt: send sockets and state, wait for the answer. `Ok(true)`: taken over.
 fn hand_over(
     app: &App,
+    running: &Listeners,
     conn: &UnixStream,
     admin: Option<&(SocketAddr, OwnedFd)>,
 ) -> Result<bool, HandoverError> {
     let mut fds = Vec::new();
     let mut listeners = Vec::new();
-    for (a, k, fd) in crate::server::listener_fds(app) {
+    for (a, k, fd) in running.fds() {
         fds.push(fd);
         listeners.push((a, Role::from(k)));
     }

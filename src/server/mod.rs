@@ -3,7 +3,10 @@
 //! requests, give up at a deadline).
 
 pub mod http1;
+mod listeners;
 pub mod proxy_protocol;
+
+pub use listeners::{bind, bind_one, Kind, Listeners};
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,174 +26,24 @@ use http::Request;
 use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::watch;
 
 use crate::app::App;
-use crate::config::{Listen, ProxySettings};
+use crate::config::ProxySettings;
 use crate::proxy::upstream::ReqBody;
 use crate::proxy::{self, ConnInfo};
 use tokio_rustls::TlsAcceptor;
-
-/// Whether a listener terminates TLS.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Http,
-    Https,
-}
-
-/// Binds every `[listen]` address; each listener is kept with the address the config names
-/// it by, and its kind.
-pub async fn bind(listen: &Listen) -> std::io::Result<Vec<(SocketAddr, Kind, TcpListener)>> {
-    let http = listen.http.iter().map(|a| (*a, Kind::Http));
-    let https = listen.https.iter().map(|a| (*a, Kind::Https));
-    http.chain(https)
-        .map(|(a, k)| bind_one(a).map(|l| (a, k, l)))
-        .collect()
-}
-
-pub fn bind_one(a: SocketAddr) -> std::io::Result<TcpListener> {
-    let std = std::net::TcpListener::bind(a)
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {a}: {e}")))?;
-    std.set_nonblocking(true)?;
-    TcpListener::from_std(std)
-}
-
-type Accepted = (TcpStream, SocketAddr, Kind, Arc<AtomicU64>);
-
-/// The running listeners, by configured address and kind, and where they hand
-/// connections. The channel exists from the start, so a reload before `serve` runs still
-/// applies.
-pub struct ListenerSet {
-    tx: Option<mpsc::Sender<Accepted>>,
-    rx: Option<mpsc::Receiver<Accepted>>,
-    acceptors: Vec<(SocketAddr, Kind, JoinHandle<()>)>,
-    /// A duplicate of each acceptor's socket (same order), for an upgrade handover.
-    fds: Vec<std::os::fd::OwnedFd>,
-}
-
-impl Default for ListenerSet {
-    fn default() -> Self {
-        let (tx, rx) = mpsc::channel(1024);
-        ListenerSet {
-            tx: Some(tx),
-            rx: Some(rx),
-            acceptors: Vec::new(),
-            fds: Vec::new(),
-        }
-    }
-}
-
-impl ListenerSet {
-    fn start(&mut self, app: &App, configured: SocketAddr, kind: Kind, l: TcpListener) {
-        let Some(tx) = self.tx.clone() else { return };
-        use std::os::fd::AsFd;
-        let Ok(fd) = l.as_fd().try_clone_to_owned() else {
-            tracing::error!(address = %configured, "cannot duplicate a listening socket; not listening on it");
-            return;
-        };
-        let name = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        let gauge = app.listener_gauge(&name);
-        let task = tokio::spawn(async move {
-            loop {
-                match l.accept().await {
-                    Ok((stream, peer)) => {
-                        if tx.send((stream, peer, kind, gauge.clone())).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            }
-        });
-        self.acceptors.push((configured, kind, task));
-        self.fds.push(fd);
-    }
-
-    fn stop_all(&mut self) {
-        self.tx = None;
-        self.fds.clear();
-        for (_, _, t) in self.acceptors.drain(..) {
-            t.abort();
-        }
-    }
-}
-
-/// Makes the listeners match `listen`: binds the new addresses first (if any fails, nothing
-/// changes and the error is returned), then starts them and stops accepting on addresses no
-/// longer wanted. Connections already accepted finish normally. Does nothing once the
-/// server has shut down.
-pub fn apply_listen(app: &App, listen: &Listen) -> std::io::Result<()> {
-    let mut set = app.listeners.lock();
-    if set.tx.is_none() {
-        return Ok(());
-    }
-    let wanted: Vec<(SocketAddr, Kind)> = listen
-        .http
-        .iter()
-        .map(|a| (*a, Kind::Http))
-        .chain(listen.https.iter().map(|a| (*a, Kind::Https)))
-        .collect();
-    let current: Vec<(SocketAddr, Kind)> = set.acceptors.iter().map(|(a, k, _)| (*a, *k)).collect();
-    let mut fresh = Vec::new();
-    for (a, k) in wanted.iter().filter(|w| !current.contains(w)) {
-        fresh.push((*a, *k, bind_one(*a)?));
-    }
-    let keep: Vec<bool> = set
-        .acceptors
-        .iter()
-        .map(|(a, k, _)| wanted.contains(&(*a, *k)))
-        .collect();
-    let mut i = 0;
-    set.fds.retain(|_| {
-        i += 1;
-        keep[i - 1]
-    });
-    set.acceptors.retain(|(a, k, task)| {
-        let keep = wanted.contains(&(*a, *k));
-        if !keep {
-            tracing::info!(address = %a, "no longer listening (removed from [listen])");
-            task.abort();
-        }
-        keep
-    });
-    for (a, k, l) in fresh {
-        tracing::info!(address = %a, kind = ?k, "listening (added by reload)");
-        set.start(app, a, k, l);
-    }
-    Ok(())
-}
-
-/// Duplicates of the running listeners' sockets with their configured address and kind
-/// (for an upgrade handover); empty once the server has shut down.
-pub fn listener_fds(app: &App) -> Vec<(SocketAddr, Kind, std::os::fd::OwnedFd)> {
-    let set = app.listeners.lock();
-    set.acceptors
-        .iter()
-        .zip(&set.fds)
-        .filter_map(|((a, k, _), fd)| fd.try_clone().ok().map(|fd| (*a, *k, fd)))
-        .collect()
-}
 
 /// Serves until `shutdown` completes, then stops accepting and waits for open connections
 /// to finish their in-flight requests, at most `shutdown_timeout` (from the config current
 /// at that moment).
 pub async fn serve(
     app: Arc<App>,
-    listeners: Vec<(SocketAddr, Kind, TcpListener)>,
+    listeners: Listeners,
+    bound: Vec<(SocketAddr, Kind, TcpListener)>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let rx = {
-        let mut set = app.listeners.lock();
-        for (a, k, l) in listeners {
-            set.start(&app, a, k, l);
-        }
-        set.rx.take()
-    };
+    let rx = listeners.start(&app, bound);
     let Some(mut rx) = rx else {
         tracing::error!("serve called twice for one App; not serving");
         return;
@@ -298,7 +151,7 @@ pub async fn serve(
             }
             _ = &mut shutdown, if !stopping => {
                 stopping = true;
-                app.listeners.lock().stop_all();
+                listeners.stop_all();
             }
         }
     }

@@ -380,13 +380,19 @@ impl Proxy {
         let addr = addr.expect("a listener");
         let app = App::new(config, path).unwrap_or_else(|e| panic!("{e:?}"));
         let (tx, rx) = oneshot::channel::<()>();
-        let done = tokio::spawn(tether::server::serve(app.clone(), listeners, async {
-            let _ = rx.await;
-        }));
+        let running = tether::server::Listeners::default();
+        let done = tokio::spawn(tether::server::serve(
+            app.clone(),
+            running.clone(),
+            listeners,
+            async {
+                let _ = rx.await;
+            },
+        ));
         Proxy {
             addr,
             tls_addr,
-            reloader: tether::reload::Reloader::spawn(app.clone()),
+            reloader: tether::reload::Reloader::spawn(app.clone(), running),
             app,
             stop: Some(tx),
             done: Some(done),
