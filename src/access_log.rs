@@ -29,6 +29,25 @@ pub struct Record {
     pub affinity: Option<&'static str>,
 }
 
+impl Record {
+    /// What the log line says of the request itself; the rest is filled in as it is served.
+    pub fn of_request<B>(format: AccessLog, peer: IpAddr, req: &http::Request<B>) -> Box<Record> {
+        Box::new(Record {
+            format,
+            client: peer.to_canonical(),
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            referer: req.headers().get(http::header::REFERER).cloned(),
+            user_agent: req.headers().get(http::header::USER_AGENT).cloned(),
+            status: 0,
+            pool: None,
+            backend: None,
+            affinity: None,
+        })
+    }
+}
+
 /// Hands finished lines to the writer task.
 pub struct AccessLogger {
     tx: Option<mpsc::Sender<String>>,

@@ -34,7 +34,7 @@ pub struct App {
     snapshot: ArcSwap<Snapshot>,
     pub registry: Arc<Registry>,
     pub health: Checker,
-    pub access_log: AccessLogger,
+    pub access_log: Arc<AccessLogger>,
     /// Read by the admin API, written on (re)load; never touched per request.
     pub meta: Mutex<ConfigMeta>,
     /// Requests no route matched (404).
@@ -83,7 +83,7 @@ impl App {
         let snap = Snapshot::build(Arc::new(config), tls, &registry, None);
         let app = App {
             health: Checker::default(),
-            access_log: AccessLogger::stdout(),
+            access_log: Arc::new(AccessLogger::stdout()),
             snapshot: ArcSwap::from_pointee(snap),
             registry,
             meta: Mutex::new(ConfigMeta {

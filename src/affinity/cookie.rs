@@ -248,16 +248,43 @@ fn parse_hex(s: &str, len: usize) -> Option<u64> {
 
 /// Finds the first value of cookie `name` across `Cookie` header values.
 pub fn find_cookie<'a>(headers: impl Iterator<Item = &'a [u8]>, name: &str) -> Option<&'a [u8]> {
-    let name = name.as_bytes();
+    let [v] = find_cookies(headers, [Some(name)]);
+    v
+}
+
+/// The first value of each named cookie across `Cookie` header values, in one pass over
+/// them (a `None` name finds nothing).
+pub fn find_cookies<'a, const N: usize>(
+    headers: impl Iterator<Item = &'a [u8]>,
+    names: [Option<&str>; N],
+) -> [Option<&'a [u8]>; N] {
+    let mut found = [None; N];
+    let mut missing = names.iter().filter(|n| n.is_some()).count();
+    if missing == 0 {
+        return found;
+    }
     for h in headers {
         for pair in h.split(|&b| b == b';') {
             let pair = trim(pair);
-            if pair.len() > name.len() && pair.starts_with(name) && pair[name.len()] == b'=' {
-                return Some(&pair[name.len() + 1..]);
+            for (name, slot) in names.iter().zip(found.iter_mut()) {
+                let Some(name) = name.map(str::as_bytes) else {
+                    continue;
+                };
+                if slot.is_none()
+                    && pair.len() > name.len()
+                    && pair.starts_with(name)
+                    && pair[name.len()] == b'='
+                {
+                    *slot = Some(&pair[name.len() + 1..]);
+                    missing -= 1;
+                    if missing == 0 {
+                        return found;
+                    }
+                }
             }
         }
     }
-    None
+    found
 }
 
 /// `Cookie` header values joined with `; `, without any pair named `name` (when given);
@@ -422,5 +449,23 @@ mod tests {
             strip_cookie([&b"TETHER=1"[..]].into_iter(), Some("TETHER")),
             None
         );
+    }
+
+    #[test]
+    fn find_cookies_takes_each_names_first_value_in_one_pass() {
+        let headers: [&[u8]; 2] = [b"a=1; TETHER=x; JSESSIONID=s1", b"TETHER=y; JSESSIONID=s2"];
+        let [own, app, none] = find_cookies(
+            headers.iter().copied(),
+            [Some("TETHER"), Some("JSESSIONID"), None],
+        );
+        assert_eq!(own, Some(&b"x"[..]));
+        assert_eq!(app, Some(&b"s1"[..]));
+        assert_eq!(none, None);
+        // The same name twice finds the same value; a prefix is not a match.
+        let [a, b] = find_cookies(
+            [&b"TETHERX=1; TETHER=2"[..]].into_iter(),
+            [Some("TETHER"); 2],
+        );
+        assert_eq!((a, b), (Some(&b"2"[..]), Some(&b"2"[..])));
     }
 }

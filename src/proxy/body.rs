@@ -10,8 +10,7 @@ use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 
 use super::upstream::{UpstreamBody, UpstreamError};
-use crate::access_log::Record;
-use crate::app::App;
+use crate::access_log::{AccessLogger, Record};
 use crate::state::BackendShared;
 
 pub struct ProxyBody {
@@ -28,8 +27,8 @@ enum Inner {
 pub struct Finish {
     pub start: Instant,
     pub backend: Option<Arc<BackendShared>>,
-    pub log: Option<Box<Record>>,
-    pub app: Arc<App>,
+    /// The access log line, and where it goes.
+    pub log: Option<(Box<Record>, Arc<AccessLogger>)>,
     pub bytes: u64,
 }
 
@@ -39,8 +38,8 @@ impl Drop for Finish {
         if let Some(b) = &self.backend {
             b.stats.observe(elapsed);
         }
-        if let Some(r) = &self.log {
-            self.app.access_log.log(r, self.bytes, elapsed);
+        if let Some((r, logger)) = &self.log {
+            logger.log(r, self.bytes, elapsed);
         }
     }
 }

@@ -6,7 +6,6 @@
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -19,11 +18,10 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use crate::app::App;
 use crate::h1::{self, BodyDecoder, BodyEncoder, Decoded, Framing, RequestHead, WireError};
 use crate::proxy::body::ProxyBody;
 use crate::proxy::upstream::{BodyPiece, Interim, InterimHead, ReqBody};
-use crate::proxy::{self, ConnInfo, Handling, UpgradeSlot};
+use crate::proxy::{self, ClientHooks, ConnInfo, Handling};
 
 /// Read size for heads; bodies read in larger pieces.
 const HEAD_READ: usize = 4096;
@@ -35,13 +33,7 @@ pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// What serves the requests the loop reads: the proxy, or a test's closure.
 pub trait Handler: Send + Sync {
-    fn call(&self, info: ConnInfo, req: Request<ReqBody>) -> Handling;
-}
-
-impl Handler for Arc<App> {
-    fn call(&self, info: ConnInfo, req: Request<ReqBody>) -> Handling {
-        proxy::handle_boxed(self.clone(), info, req)
-    }
+    fn call(&self, info: ConnInfo, req: Request<ReqBody>, hooks: ClientHooks) -> Handling;
 }
 
 /// A closure as a [`Handler`].
@@ -49,10 +41,10 @@ pub struct HandlerFn<F>(pub F);
 
 impl<F> Handler for HandlerFn<F>
 where
-    F: Fn(ConnInfo, Request<ReqBody>) -> Handling + Send + Sync,
+    F: Fn(ConnInfo, Request<ReqBody>, ClientHooks) -> Handling + Send + Sync,
 {
-    fn call(&self, info: ConnInfo, req: Request<ReqBody>) -> Handling {
-        (self.0)(info, req)
+    fn call(&self, info: ConnInfo, req: Request<ReqBody>, hooks: ClientHooks) -> Handling {
+        (self.0)(info, req, hooks)
     }
 }
 
@@ -256,12 +248,11 @@ async fn exchange<S: ClientIo, H: Handler>(
     } = parsed;
     let head_request = req.method() == Method::HEAD;
     let version = req.version();
-    let (mut parts, ()) = req.into_parts();
+    let (parts, ()) = req.into_parts();
+    let mut hooks = ClientHooks::default();
     let upgrade_rx = wants_upgrade.then(|| {
         let (tx, rx) = oneshot::channel();
-        parts
-            .extensions
-            .insert(UpgradeSlot(Arc::new(parking_lot::Mutex::new(Some(tx)))));
+        hooks.upgrade = Some(tx);
         rx
     });
     // Interim responses go to HTTP/1.1 clients only.
@@ -271,7 +262,7 @@ async fn exchange<S: ClientIo, H: Handler>(
         // gets a sender handle (no allocation per request).
         let (tx, rx) = interim.get_or_insert_with(|| mpsc::channel(4));
         while rx.try_recv().is_ok() {} // nothing from an earlier exchange goes out now
-        parts.extensions.insert(Interim(tx.clone()));
+        hooks.interim = Some(Interim(tx.clone()));
         interim_rx = Some(rx);
     }
     // A chunked body that is already here and malformed is refused before anything goes
@@ -305,7 +296,7 @@ async fn exchange<S: ClientIo, H: Handler>(
         let (tx, rx) = mpsc::channel(2);
         (ReqBody::Channel(rx), Some(tx))
     };
-    let mut handling = handler.call(info, Request::from_parts(parts, body));
+    let mut handling = handler.call(info, Request::from_parts(parts, body), hooks);
     let mut piece: Option<BodyPiece> = None;
     let mut client_watch = ClientWatch::Off;
     let res = loop {
@@ -685,7 +676,7 @@ mod tests {
     }
 
     /// Answers `METHOD TARGET BODY` for every request, after reading the whole body.
-    fn echo(_: ConnInfo, req: Request<ReqBody>) -> Handling {
+    fn echo(_: ConnInfo, req: Request<ReqBody>, _: ClientHooks) -> Handling {
         Box::pin(async move {
             let (parts, mut body) = req.into_parts();
             let mut got = Vec::new();

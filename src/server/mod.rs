@@ -34,6 +34,18 @@ use crate::proxy::upstream::ReqBody;
 use crate::proxy::{self, ConnInfo};
 use tokio_rustls::TlsAcceptor;
 
+/// The proxy serves what the HTTP/1.1 loop reads.
+impl http1::Handler for Arc<App> {
+    fn call(
+        &self,
+        info: ConnInfo,
+        req: Request<ReqBody>,
+        hooks: proxy::ClientHooks,
+    ) -> proxy::Handling {
+        proxy::handle_boxed(self.clone(), info, req, hooks)
+    }
+}
+
 /// Serves until `shutdown` completes, then stops accepting and waits for open connections
 /// to finish their in-flight requests, at most `shutdown_timeout` (from the config current
 /// at that moment).
@@ -109,7 +121,7 @@ pub async fn serve(
                     let service = {
                         let app = app.clone();
                         service_fn(move |req: Request<Incoming>| {
-                            proxy::handle_boxed(app.clone(), info, req.map(ReqBody::Client))
+                            proxy::handle_boxed(app.clone(), info, req.map(ReqBody::Client), proxy::ClientHooks::default())
                         })
                     };
                     let result = match tls {
