@@ -26,7 +26,7 @@ pub struct Record {
     pub status: u16,
     pub pool: Option<std::sync::Arc<str>>,
     pub backend: Option<std::sync::Arc<str>>,
-    pub affinity: Option<&'static str>,
+    pub affinity: Option<crate::affinity::Outcome>,
 }
 
 impl Record {
@@ -121,7 +121,7 @@ pub fn combined(r: &Record, bytes: u64, duration: Duration, now: SystemTime) -> 
         duration.as_secs_f64(),
         r.pool.as_deref().unwrap_or("-"),
         r.backend.as_deref().unwrap_or("-"),
-        r.affinity.unwrap_or("-"),
+        r.affinity.map_or("-", crate::affinity::Outcome::as_str),
     )
 }
 
@@ -139,7 +139,7 @@ pub fn json(r: &Record, bytes: u64, duration: Duration, now: SystemTime) -> Stri
         "user_agent": r.user_agent.as_ref().map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
         "pool": r.pool.as_deref(),
         "backend": r.backend.as_deref(),
-        "affinity": r.affinity,
+        "affinity": r.affinity.map(crate::affinity::Outcome::as_str),
     });
     format!("{v}\n")
 }
@@ -196,7 +196,7 @@ mod tests {
             status: 200,
             pool: Some("shop".into()),
             backend: Some("app1".into()),
-            affinity: Some("hit"),
+            affinity: Some(crate::affinity::Outcome::Hit),
         }
     }
 

@@ -179,7 +179,7 @@ fn account(
         r.client = trace.client.unwrap_or(r.client);
         r.pool = pool.map(|p| p.name.clone());
         r.backend = backend.map(|b| b.id.clone());
-        r.affinity = trace.affinity.map(affinity::Outcome::as_str);
+        r.affinity = trace.affinity;
         (r, app.access_log.clone())
     });
     if log.is_some() || backend.is_some() {
