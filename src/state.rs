@@ -1,20 +1,20 @@
 //! Long-lived per-backend and per-pool state (health, admin overrides, counters,
 //! connections, drain start), keyed by identity and kept across config reloads.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub mod carry;
-
-use parking_lot::Mutex;
+mod registry;
+mod stats;
 
 use crate::config::AdminState;
-use crate::proxy::upstream::error::ErrorKind;
 use crate::proxy::upstream::pool::ConnPool;
 use crate::queue::BackendQueue;
-use crate::sessions::{SessionTable, TableSettings};
+
+pub use registry::{BackendIdentity, Registry};
+pub use stats::{BackendStats, PoolShared, DURATION_BUCKETS};
 
 /// Milliseconds on a process-wide monotonic clock (starts near 1, never 0).
 pub fn now_ms() -> u64 {
@@ -74,84 +74,6 @@ fn admin_from(c: u8) -> Option<AdminState> {
 const UNCHECKED: u8 = 0;
 const HEALTHY: u8 = 1;
 const UNHEALTHY: u8 = 2;
-
-/// Upper bounds (seconds) of the request duration histogram.
-pub const DURATION_BUCKETS: [f64; 12] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
-];
-
-/// Per-backend counters, lock-free; rendered by the metrics endpoint.
-#[derive(Debug)]
-pub struct BackendStats {
-    /// Responses by status code 100..=599.
-    codes: Box<[AtomicU64]>,
-    errors: [AtomicU64; ErrorKind::ALL.len()],
-    /// Per-bucket (not cumulative) counts; the last slot is +Inf.
-    duration_buckets: [AtomicU64; DURATION_BUCKETS.len() + 1],
-    duration_sum_us: AtomicU64,
-}
-
-impl Default for BackendStats {
-    fn default() -> Self {
-        BackendStats {
-            codes: (100..600).map(|_| AtomicU64::new(0)).collect(),
-            errors: Default::default(),
-            duration_buckets: Default::default(),
-            duration_sum_us: AtomicU64::new(0),
-        }
-    }
-}
-
-impl BackendStats {
-    pub fn count_status(&self, code: u16) {
-        if let Some(c) = self.codes.get(usize::from(code).wrapping_sub(100)) {
-            c.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// (code, count) for every code seen.
-    pub fn statuses(&self) -> impl Iterator<Item = (u16, u64)> + '_ {
-        self.codes.iter().enumerate().filter_map(|(i, c)| {
-            let n = c.load(Ordering::Relaxed);
-            (n > 0).then_some((i as u16 + 100, n))
-        })
-    }
-
-    pub fn count_error(&self, kind: ErrorKind) {
-        self.errors[kind as usize].fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn errors(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-        ErrorKind::ALL
-            .iter()
-            .zip(&self.errors)
-            .map(|(k, c)| (k.as_str(), c.load(Ordering::Relaxed)))
-    }
-
-    pub fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        let i = DURATION_BUCKETS
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(DURATION_BUCKETS.len());
-        self.duration_buckets[i].fetch_add(1, Ordering::Relaxed);
-        self.duration_sum_us
-            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
-    }
-
-    /// (sum in seconds, count, per-bucket counts with upper bounds; the last is +Inf).
-    pub fn durations(&self) -> (f64, u64, Vec<(f64, u64)>) {
-        let mut buckets = Vec::with_capacity(DURATION_BUCKETS.len() + 1);
-        let mut count = 0;
-        for (i, c) in self.duration_buckets.iter().enumerate() {
-            let n = c.load(Ordering::Relaxed);
-            count += n;
-            buckets.push((DURATION_BUCKETS.get(i).copied().unwrap_or(f64::INFINITY), n));
-        }
-        let sum = self.duration_sum_us.load(Ordering::Relaxed) as f64 / 1e6;
-        (sum, count, buckets)
-    }
-}
 
 /// What survives a reload for one backend. Identity is (pool, id, address): a backend whose
 /// address changes is a new backend.
@@ -393,190 +315,9 @@ impl BackendShared {
     }
 }
 
-/// Pool-wide counters used by bounded loads, least-in-flight placement and metrics.
-#[derive(Debug, Default)]
-pub struct PoolShared {
-    pub in_flight: AtomicU64,
-    /// Rotating start for least-in-flight ties.
-    pub rotor: AtomicUsize,
-    /// affinity_total by outcome: hit, new, moved.
-    pub affinity: [AtomicU64; 3],
-    pub retries: AtomicU64,
-    /// Requests answered 503 because no backend could take them.
-    pub no_backend: AtomicU64,
-}
-
-#[derive(Hash, PartialEq, Eq, Clone)]
-struct BackendKey {
-    pool: String,
-    id: String,
-    address: String,
-}
-
-/// Session tables by (kind, pool), with the settings they were built from.
-type Tables =
-    HashMap<(&'static str, String), (TableSettings, Arc<SessionTable>), ahash::RandomState>;
-
-/// All long-lived state. Locked only while a snapshot is built or the admin API looks a
-/// backend up, never per request: the snapshot holds `Arc`s to the entries it uses.
-#[derive(Default)]
-pub struct Registry {
-    backends: Mutex<HashMap<BackendKey, Arc<BackendShared>, ahash::RandomState>>,
-    pools: Mutex<HashMap<String, Arc<PoolShared>, ahash::RandomState>>,
-    /// Session tables by (kind, pool): learned sessions and remembered keys.
-    tables: Mutex<Tables>,
-    /// Set once the first backends have had their chance to come up (no slow start for
-    /// them); backends created before it are `initial`.
-    started: AtomicBool,
-}
-
-/// A backend as the snapshot builder names it.
-pub struct BackendIdentity<'a> {
-    pub pool: &'a str,
-    pub id: &'a str,
-    pub address: &'a str,
-    pub file_state: AdminState,
-    pub active_checks: bool,
-    /// A discovered backend whose record is gone.
-    pub vanished: bool,
-}
-
-impl Registry {
-    /// The shared state of each backend in the new config (existing entries reused, new ones
-    /// created), and the state of backends no longer configured dropped.
-    pub fn sync(&self, wanted: &[BackendIdentity<'_>]) -> Vec<Arc<BackendShared>> {
-        let mut map = self.backends.lock();
-        let mut out = Vec::with_capacity(wanted.len());
-        let mut keep = std::collections::HashSet::with_capacity(wanted.len());
-        for w in wanted {
-            let key = BackendKey {
-                pool: w.pool.to_string(),
-                id: w.id.to_string(),
-                address: w.address.to_string(),
-            };
-            let shared = map
-                .entry(key.clone())
-                .or_insert_with(|| {
-                    let s = BackendShared::new(w.active_checks);
-                    s.initial
-                        .store(!self.started.load(Ordering::Relaxed), Ordering::Relaxed);
-                    Arc::new(s)
-                })
-                .clone();
-            shared.set_file_state(w.file_state);
-            shared.set_active_checks(w.active_checks);
-            shared.set_vanished(w.vanished);
-            keep.insert(key);
-            out.push(shared);
-        }
-        map.retain(|k, _| keep.contains(k));
-        out
-    }
-
-    /// A pool's session table of `kind` (`learn` or `remember`): kept across reloads while
-    /// its settings stay the same (changed settings start a fresh table). Tables no longer
-    /// configured are dropped by [`Registry::retain_tables`].
-    pub fn session_table(
-        &self,
-        kind: &'static str,
-        pool: &str,
-        settings: &TableSettings,
-    ) -> Arc<SessionTable> {
-        let mut map = self.tables.lock();
-        let key = (kind, pool.to_string());
-        if let Some((s, t)) = map.get(&key) {
-            if s == settings {
-                return t.clone();
-            }
-        }
-        let t = Arc::new(SessionTable::new(kind, pool, settings));
-        map.insert(key, (settings.clone(), t.clone()));
-        t
-    }
-
-    /// Drops the session tables not in `wanted` ((kind, pool) pairs).
-    pub fn retain_tables(&self, wanted: &[(&str, &str)]) {
-        let mut map = self.tables.lock();
-        map.retain(|(kind, pool), _| wanted.contains(&(*kind, pool.as_str())));
-    }
-
-    /// Startup is over: backends that come up from now on get slow start.
-    pub fn end_startup(&self) {
-        if self.started.swap(true, Ordering::Relaxed) {
-            return;
-        }
-        let map = self.backends.lock();
-        for b in map.values() {
-            b.initial.store(false, Ordering::Relaxed);
-        }
-    }
-
-    pub fn pool(&self, name: &str) -> Arc<PoolShared> {
-        let mut map = self.pools.lock();
-        map.entry(name.to_string()).or_default().clone()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn ident<'a>(id: &'a str, address: &'a str, file_state: AdminState) -> BackendIdentity<'a> {
-        BackendIdentity {
-            pool: "p",
-            id,
-            address,
-            file_state,
-            active_checks: false,
-            vanished: false,
-        }
-    }
-
-    #[test]
-    fn state_survives_resync_by_identity_and_is_dropped_when_removed() {
-        let r = Registry::default();
-        let first = r.sync(&[
-            ident("a", "127.0.0.1:1", AdminState::Active),
-            ident("b", "127.0.0.1:2", AdminState::Active),
-        ]);
-        first[0].requests.store(5, Ordering::Relaxed);
-        let second = r.sync(&[ident("a", "127.0.0.1:1", AdminState::Active)]);
-        assert!(Arc::ptr_eq(&first[0], &second[0]));
-        assert_eq!(second[0].requests.load(Ordering::Relaxed), 5);
-        // b was removed, so coming back it starts fresh.
-        let third = r.sync(&[ident("b", "127.0.0.1:2", AdminState::Active)]);
-        assert!(!Arc::ptr_eq(&first[1], &third[0]));
-        // Same id at a new address is a different backend.
-        let moved = r.sync(&[ident("b", "127.0.0.1:3", AdminState::Active)]);
-        assert!(!Arc::ptr_eq(&third[0], &moved[0]));
-    }
-
-    #[test]
-    fn drain_start_is_kept_while_draining() {
-        let r = Registry::default();
-        let s = r.sync(&[ident("a", "x:1", AdminState::Drain)]);
-        let t0 = s[0].drain_started_ms().expect("draining");
-        #[allow(clippy::disallowed_methods)] // a plain #[test]: no runtime to stall
-        std::thread::sleep(Duration::from_millis(5));
-        let s = r.sync(&[ident("a", "x:1", AdminState::Drain)]);
-        assert_eq!(s[0].drain_started_ms(), Some(t0));
-        let s = r.sync(&[ident("a", "x:1", AdminState::Active)]);
-        assert_eq!(s[0].drain_started_ms(), None);
-    }
-
-    #[test]
-    fn admin_override_survives_reloads_until_the_file_changes_that_backend() {
-        let r = Registry::default();
-        let s = r.sync(&[ident("a", "x:1", AdminState::Active)]);
-        s[0].set_admin(Some(AdminState::Disabled));
-        assert_eq!(s[0].state(), State::Disabled);
-        // An unrelated reload keeps the override.
-        let s = r.sync(&[ident("a", "x:1", AdminState::Active)]);
-        assert_eq!(s[0].state(), State::Disabled);
-        // The file now says drain: the file wins.
-        let s = r.sync(&[ident("a", "x:1", AdminState::Drain)]);
-        assert_eq!(s[0].state(), State::Draining);
-    }
 
     #[test]
     fn down_wins_over_draining_and_disabled_over_everything() {
@@ -596,73 +337,6 @@ mod tests {
     }
 
     #[test]
-    fn a_vanished_backend_drains_and_comes_back_to_its_earlier_state() {
-        let r = Registry::default();
-        let gone = |v| BackendIdentity {
-            vanished: v,
-            ..ident("a", "x:1", AdminState::Active)
-        };
-        let s = r.sync(&[gone(false)]);
-        assert_eq!(s[0].state(), State::Up);
-        let s = r.sync(&[gone(true)]);
-        assert_eq!(s[0].state(), State::Draining);
-        let t0 = s[0].drain_started_ms().expect("drain clock started");
-        #[allow(clippy::disallowed_methods)] // a plain #[test]: no runtime to stall
-        std::thread::sleep(Duration::from_millis(3));
-        assert_eq!(r.sync(&[gone(true)])[0].drain_started_ms(), Some(t0));
-        let s = r.sync(&[gone(false)]);
-        assert_eq!(s[0].state(), State::Up);
-        assert_eq!(s[0].drain_started_ms(), None);
-        // An operator's disable outlives a vanish and a return.
-        s[0].set_admin(Some(AdminState::Disabled));
-        r.sync(&[gone(true)]);
-        let s = r.sync(&[gone(false)]);
-        assert_eq!(s[0].state(), State::Disabled);
-        // An operator's drain too, with its own start time.
-        s[0].set_admin(Some(AdminState::Drain));
-        let t1 = s[0].drain_started_ms().unwrap();
-        r.sync(&[gone(true)]);
-        let s = r.sync(&[gone(false)]);
-        assert_eq!(s[0].state(), State::Draining);
-        assert_eq!(s[0].drain_started_ms(), Some(t1));
-    }
-
-    #[test]
-    fn the_slow_start_clock_restarts_on_each_return_and_spares_startup_backends() {
-        let r = Registry::default();
-        let s = r.sync(&[ident("boot", "x:1", AdminState::Active)]);
-        s[0].observe_up();
-        assert_eq!(
-            s[0].up_since_ms(),
-            Some(NO_RAMP),
-            "up at startup: no warm-up"
-        );
-        r.end_startup();
-        let s = r.sync(&[
-            ident("boot", "x:1", AdminState::Active),
-            ident("new", "x:2", AdminState::Active),
-        ]);
-        s[1].observe_up();
-        let first = s[1].up_since_ms().expect("seen up");
-        assert_ne!(first, NO_RAMP, "added later: warms up");
-        // Disabled: the clock stops; enabled again: it restarts.
-        s[1].set_admin(Some(AdminState::Disabled));
-        s[1].observe_up();
-        assert_eq!(s[1].up_since_ms(), None);
-        #[allow(clippy::disallowed_methods)] // a plain #[test]: no runtime to stall
-        std::thread::sleep(Duration::from_millis(3));
-        s[1].set_admin(None);
-        s[1].observe_up();
-        assert!(s[1].up_since_ms().unwrap() > first);
-        // The startup backend, back from down, warms up too.
-        s[0].set_admin(Some(AdminState::Disabled));
-        s[0].observe_up();
-        s[0].set_admin(None);
-        s[0].observe_up();
-        assert_ne!(s[0].up_since_ms(), Some(NO_RAMP));
-    }
-
-    #[test]
     fn passive_failures_mark_down_for_fail_timeout() {
         let s = BackendShared::new(false);
         assert!(!s.note_connect_failure(2, Duration::from_millis(50)));
@@ -673,20 +347,5 @@ mod tests {
         #[allow(clippy::disallowed_methods)] // a plain #[test]: no runtime to stall
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(s.state(), State::Up, "tried again after fail_timeout");
-    }
-
-    #[test]
-    fn status_codes_and_durations_are_counted() {
-        let st = BackendStats::default();
-        st.count_status(200);
-        st.count_status(200);
-        st.count_status(503);
-        st.count_status(42); // ignored, never panics
-        assert_eq!(st.statuses().collect::<Vec<_>>(), vec![(200, 2), (503, 1)]);
-        st.observe(Duration::from_millis(3));
-        st.observe(Duration::from_secs(60));
-        let (_, count, buckets) = st.durations();
-        assert_eq!(count, 2);
-        assert_eq!(buckets.last().unwrap().1, 1, "+Inf bucket");
     }
 }

@@ -1,16 +1,19 @@
-//! HTTP/1.1 on the wire, both directions, in one place: head parsing (`request`, `parse` for responses and what both share), body
-//! decoding (`decode`), head and body encoding (`encode`), and the few shared pieces — the
-//! body-kind type, the error type, the hop-by-hop list and the token splitter.
+//! HTTP/1.1 on the wire, both directions, in one place: head parsing (`request`, `response`,
+//! and `parse` for what both share), body decoding (`decode`), head and body encoding
+//! (`encode`), and the few shared pieces — the body-kind type, the error type, the hop-by-hop
+//! list and the token splitter.
 
 mod decode;
 mod encode;
 mod parse;
 mod request;
+mod response;
 
 pub use decode::{BodyDecoder, ChunkedDecoder, Decoded};
 pub use encode::{chunk_header, finish_head, header_line, request_line, BodyEncoder};
-pub use parse::{content_length, decimal, parse_response, ResponseHead};
+pub use parse::{content_length, decimal};
 pub use request::{parse_request, RequestHead};
+pub use response::{parse_response, ResponseHead};
 
 /// Most headers a head may carry.
 pub const MAX_HEADERS: usize = 128;

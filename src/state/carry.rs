@@ -69,7 +69,7 @@ pub fn import_backends(r: &Registry, carried: &[BackendCarry]) -> usize {
     let now = now_ms();
     let mut applied = 0;
     for c in carried {
-        let key = super::BackendKey {
+        let key = super::registry::BackendKey {
             pool: c.pool.clone(),
             id: c.id.clone(),
             address: c.address.clone(),
