@@ -1,18 +1,17 @@
 //! tether: a sticky-session HTTP reverse proxy.
 //!
-//! How the pieces fit:
-//! - [`config`] reads the TOML file into validated types (pure);
-//! - [`balancer`] maps keys to backends with maglev or ketama, plus bounded loads (pure);
-//! - [`affinity`] decides where a request goes: its pin (cookie) or its key (IP, header);
-//! - [`runtime`] builds the immutable [`runtime::Snapshot`] that each request loads once, and
-//!   [`state`] keeps what must outlive a snapshot (counters, connections, drain start);
-//! - [`proxy`] handles one request (routing, affinity, the backend exchange over [`h1`]);
-//!   [`server`] accepts connections, serves HTTP/1.1 itself and HTTP/2 through hyper, and
-//!   shuts down gracefully;
-//! - [`reload`] re-reads the file (watched, SIGHUP, admin API) and swaps a new snapshot in;
-//! - [`app`] holds the current snapshot and the process-wide services: [`health`] checks,
-//!   the [`access_log`], and the counters that [`metrics`] and the [`admin`] API expose;
-//! - [`queue`] enforces per-backend `max_conns` with a FIFO wait queue;
+//! A request's way through the modules (README's Layout section has the long form):
+//! - [`server`] accepts connections (PROXY protocol, TLS) and reads requests: HTTP/1.1 with
+//!   its own loop over [`h1`], the one HTTP/1.1 implementation; HTTP/2 through hyper;
+//! - [`proxy::handle`] loads the [`runtime::Snapshot`] once and runs the phases in order:
+//!   [`proxy::route`] → [`proxy::choose`] ([`affinity`] over the pure [`balancer`], with
+//!   [`sessions`] for learned and remembered keys) → [`proxy::forward`] (a [`queue`] slot,
+//!   then [`proxy::upstream`]) → [`proxy::decorate`] → account (counters, [`access_log`]);
+//! - [`state`] keeps what outlives a snapshot (health, overrides, counters, connection
+//!   pools), read by [`metrics`], [`admin`], [`history`] and the [`dashboard`];
+//! - [`app`] holds the snapshot and the process-wide services: [`health`] checks,
+//!   [`discovery`] (DNS); [`reload`] builds the next snapshot from [`config`] (pure);
+//!   [`handover`] passes sockets and state to a new process; [`systemd`] reports status;
 //! - [`explain`] answers "where would this request go, and why?"; [`demo`] runs a showcase.
 
 // The lint policy is in Cargo.toml's [lints] (and clippy.toml). Cargo can only deny

@@ -1,7 +1,7 @@
 //! The proxy service, one request at a time, in the order a request meets its phases:
 //! [`route`] (the pool) → [`choose`] (affinity and balancer pick the backend) → [`forward`]
 //! (the send, with queueing and retries) → [`decorate`] (cookie, learned sessions, upgrades)
-//! → [`account`] (counters, access log, the response body's finisher).
+//! → `account` (counters, access log, the response body's finisher).
 
 pub mod body;
 pub mod choose;
@@ -52,7 +52,7 @@ pub struct ClientHooks {
 }
 
 /// Where a request went, filled in by the phases as they learn it; counted and logged by
-/// [`account`] whatever the outcome.
+/// `account` whatever the outcome.
 #[derive(Default)]
 pub struct Trace {
     pool: Option<usize>,

@@ -1,6 +1,6 @@
-//! Connections to backends: [`connect`] opens them, [`pool`] keeps idle ones for reuse,
+//! Connections to backends: [`connect`](mod@connect) opens them, [`pool`] keeps idle ones for reuse,
 //! [`exchange`] sends a request and reads the response head on the request's own task, and
-//! [`body`] streams the response back, returning its connection when done.
+//! `body` streams the response back, returning its connection when done.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -35,7 +35,7 @@ pub enum Op {
     /// A read not answered within [`READ_DEADLINE`](super::READ_DEADLINE) (or with no connection yet).
     ReadTimeout,
     WriteOk,
-    /// A write given up after [`WRITE_PATIENCE`](super::WRITE_PATIENCE).
+    /// A write given up after `WRITE_PATIENCE`.
     WriteError,
     /// A write dropped because the queue was full.
     WriteDropped,
