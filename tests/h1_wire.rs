@@ -245,6 +245,10 @@ async fn request_direction_case_table() {
         // --- Heads: line ends, obs-fold, NUL, names (RFC 9112 §2.2, §5) ---
         refused("RFC 9112 §2.2: bare LF head", b"GET / HTTP/1.1\nHost: t\n\n"),
         refused("RFC 9112 §2.2: bare CR", b"GET / HTTP/1.1\r\nHost: t\r\nX: a\rb\r\n\r\n"),
+        refused("RFC 9112 §2.2: bare CR in the target", b"GET /a\rb HTTP/1.1\r\nHost: t\r\n\r\n"),
+        refused("RFC 9112 §2.2: request line ended by a bare CR", b"GET / HTTP/1.1\rHost: t\r\n\r\n"),
+        refused("RFC 9112 §2.2: bare CR in a field name", b"GET / HTTP/1.1\r\nHost: t\r\nX\r: a\r\n\r\n"),
+        refused("RFC 9112 §2.2: bare CR before the empty line", b"GET / HTTP/1.1\r\nHost: t\r\n\r\r\n"),
         refused("RFC 9112 §5.2: obs-fold", b"GET / HTTP/1.1\r\nHost: t\r\nX: a\r\n b\r\n\r\n"),
         refused("RFC 9110 §5.5: NUL in value", b"GET / HTTP/1.1\r\nHost: t\r\nX: a\x00b\r\n\r\n"),
         refused("RFC 9110 §5.1: space in name", b"GET / HTTP/1.1\r\nHost: t\r\nX Y: z\r\n\r\n"),

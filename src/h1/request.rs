@@ -9,7 +9,8 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Uri, Version};
 
 use super::parse::{
-    accept_any_minor, content_length, decimal, header_map, offset, record_spans, Seen, NO_SPAN,
+    accept_any_minor, content_length, decimal, header_map, offset, record_spans, Seen, Span,
+    NO_SPAN,
 };
 use super::{has_token, Framing, WireError, MAX_HEADERS};
 
@@ -67,7 +68,7 @@ pub fn parse_request(
         (len, count, method, path, req.version.unwrap_or(1))
     };
     let head = buf.split_to(len).freeze();
-    strict_line_ends(&head)?;
+    strict_line_ends(&head, &spans[..count])?;
     let (ps, pe) = path.ok_or(WireError::Head)?;
     // `get` then `slice_ref`: bounds are checked, never a panic on odd input.
     let target = head.get(ps..pe).ok_or(WireError::Head)?;
@@ -107,16 +108,32 @@ pub fn parse_request(
     }))
 }
 
-/// RFC 9112 §2.2: tether accepts CRLF only — a bare LF (which httparse allows) or a bare
-/// CR in a head is refused, as a peer might split lines differently.
-fn strict_line_ends(head: &[u8]) -> Result<(), WireError> {
-    let lf_ok = memchr::memchr_iter(b'\n', head).all(|i| i > 0 && head[i - 1] == b'\r');
-    let cr_ok = memchr::memchr_iter(b'\r', head).all(|i| head.get(i + 1) == Some(&b'\n'));
-    if lf_ok && cr_ok {
+/// RFC 9112 §2.2: tether accepts CRLF only. httparse already refuses a CR that is not
+/// followed by LF (in the request line, names and values alike, as the table tests show);
+/// it does accept a bare LF as a line end, which is refused here, as a peer might split
+/// lines differently. A line can only end before a field name or at the head's end, so
+/// those places are all that need a look — unless the head starts with empty lines, which
+/// httparse skips: then every LF is checked.
+fn strict_line_ends(head: &[u8], spans: &[Span]) -> Result<(), WireError> {
+    let crlf_before = |i: u32| {
+        let i = i as usize;
+        i >= 2 && head.get(i - 2..i) == Some(&b"\r\n"[..])
+    };
+    let ok = if head.first().is_some_and(|b| *b == b'\r' || *b == b'\n') {
+        every_lf_after_cr(head)
+    } else {
+        head.ends_with(b"\r\n\r\n") && spans.iter().all(|&(name, ..)| crlf_before(name))
+    };
+    if ok {
         Ok(())
     } else {
         Err(WireError::Head)
     }
+}
+
+/// Every LF in `head` comes right after a CR.
+fn every_lf_after_cr(head: &[u8]) -> bool {
+    memchr::memchr_iter(b'\n', head).all(|i| i > 0 && head[i - 1] == b'\r')
 }
 
 /// RFC 9112 §3.2: origin-form, absolute-form without userinfo, or `*` for OPTIONS. The
@@ -153,6 +170,9 @@ fn check_host(version: Version, h: &HeaderMap) -> Result<(), WireError> {
             if v.is_empty() {
                 return Ok(()); // allowed when the target has no authority (RFC 9112 §3.2)
             }
+            if plain_host(v) {
+                return Ok(());
+            }
             match http::uri::Authority::try_from(v) {
                 Ok(a) if !a.as_str().contains('@') => Ok(()),
                 _ => Err(WireError::Host),
@@ -160,6 +180,39 @@ fn check_host(version: Version, h: &HeaderMap) -> Result<(), WireError> {
         }
         _ => Err(WireError::Host),
     }
+}
+
+/// The usual `Host`: a registered name or IPv4 address (RFC 3986 reg-name characters,
+/// never `@`), with an optional all-digit port. Checked byte by byte, as the general
+/// authority parser (kept for IPv6 literals and anything unusual) costs more per request.
+fn plain_host(v: &[u8]) -> bool {
+    let (host, port) = match memchr::memrchr(b':', v) {
+        Some(i) => (&v[..i], &v[i + 1..]),
+        None => (v, &b""[..]),
+    };
+    !host.is_empty()
+        && host.iter().all(|&b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'-' | b'.'
+                        | b'_'
+                        | b'~'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b';'
+                        | b'='
+                )
+        })
+        && port.len() <= 5
+        && port.iter().all(u8::is_ascii_digit)
 }
 
 /// RFC 9112 §6.3 for requests, strictly: Transfer-Encoding with Content-Length, any coding
@@ -270,6 +323,67 @@ mod tests {
             }
             let mut res = BytesMut::from(&raw[..]);
             let _ = crate::h1::parse_response(&mut res, false, 65536);
+        }
+    }
+
+    #[test]
+    fn plain_hosts_pass_the_fast_check_and_anything_else_goes_to_the_full_parser() {
+        for ok in [
+            &b"shop.example.com"[..],
+            b"shop.example.com:8080",
+            b"10.0.0.1:80",
+            b"a_b-c~",
+        ] {
+            assert!(plain_host(ok), "{:?}", String::from_utf8_lossy(ok));
+        }
+        for other in [
+            &b"user@shop.example.com"[..],
+            b"[::1]:80",
+            b":80",
+            b"shop.example.com:80a",
+            b"shop.example.com:123456",
+            b"shop example",
+            b"shop%41",
+            b"shop/path",
+        ] {
+            assert!(!plain_host(other), "{:?}", String::from_utf8_lossy(other));
+        }
+        // What the fast check leaves to the parser is still judged the same way.
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("[::1]:80"));
+        assert_eq!(check_host(Version::HTTP_11, &h), Ok(()));
+        h.insert(
+            header::HOST,
+            HeaderValue::from_static("user@shop.example.com"),
+        );
+        assert_eq!(check_host(Version::HTTP_11, &h), Err(WireError::Host));
+    }
+
+    /// The look at field-name starts and the head's end finds every bare LF the full scan
+    /// finds, in every head httparse accepts.
+    #[test]
+    fn line_end_check_agrees_with_a_full_scan() {
+        let heads: [&[u8]; 9] = [
+            b"GET / HTTP/1.1\r\nHost: t\r\n\r\n",
+            b"GET / HTTP/1.1\nHost: t\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: t\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: t\r\n\n",
+            b"GET / HTTP/1.1\r\nHost: t\r\nA: b\nC: d\r\n\r\n",
+            b"GET / HTTP/1.0\n\n",
+            b"\r\nGET / HTTP/1.1\r\nHost: t\r\n\r\n",
+            b"\nGET / HTTP/1.1\r\nHost: t\r\n\r\n",
+            b"GET / HTTP/1.0\r\n\r\n",
+        ];
+        for head in heads {
+            let mut buf = BytesMut::from(head);
+            let fast = parse_request(&mut buf, 8192).map(|r| r.is_some());
+            let full_ok = every_lf_after_cr(head);
+            assert_eq!(
+                !matches!(fast, Err(WireError::Head)),
+                full_ok,
+                "{:?}: {fast:?}",
+                String::from_utf8_lossy(head)
+            );
         }
     }
 }

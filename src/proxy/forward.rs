@@ -167,18 +167,22 @@ pub async fn forward(
 }
 
 /// Encodes the request for the backend (HTTP/1.1, origin-form): one `Content-Length`
-/// (differing values are a 400), or re-chunked when the length is unknown.
+/// (differing values are a 400), or re-chunked when the length is unknown; no body, no
+/// length (or `Content-Length: 0` where one is expected).
 fn outgoing(
     parts: &http::request::Parts,
     body: ReqBody,
     f: &headers::Forwarding<'_>,
     interim: Option<Interim>,
 ) -> Result<Outgoing, ProxyError> {
-    let length = crate::h1::content_length(&parts.headers).map_err(|_| ProxyError::BadRequest)?;
-    let framing = match length {
-        _ if body.is_end_stream() => crate::h1::Framing::Empty,
-        Some(n) => crate::h1::Framing::Length(n),
-        None => crate::h1::Framing::Chunked,
+    // A request without a body (most) needs no look at its length headers.
+    let framing = if body.is_end_stream() {
+        crate::h1::Framing::Empty
+    } else {
+        match crate::h1::content_length(&parts.headers).map_err(|_| ProxyError::BadRequest)? {
+            Some(n) => crate::h1::Framing::Length(n),
+            None => crate::h1::Framing::Chunked,
+        }
     };
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut head = BytesMut::new();

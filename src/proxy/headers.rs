@@ -55,6 +55,7 @@ pub fn write_request_head(
         Vec::new()
     };
     let mut cookies = 0;
+    let mut had_length = false;
     for (name, value) in h {
         let skip = h1::is_hop_by_hop(name.as_str().as_bytes())
             || name == header::CONTENT_LENGTH
@@ -68,6 +69,8 @@ pub fn write_request_head(
                 .any(|t| t.eq_ignore_ascii_case(name.as_str().as_bytes()));
         if name == header::COOKIE {
             cookies += 1;
+        } else if name == header::CONTENT_LENGTH {
+            had_length = true;
         } else if !skip {
             h1::header_line(name.as_str().as_bytes(), value.as_bytes(), out);
         }
@@ -118,7 +121,7 @@ pub fn write_request_head(
     // as does a request that said `Content-Length: 0`.
     let framing = match framing {
         Framing::Empty
-            if h.contains_key(header::CONTENT_LENGTH)
+            if had_length
                 || matches!(
                     *method,
                     http::Method::POST | http::Method::PUT | http::Method::PATCH

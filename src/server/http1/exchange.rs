@@ -118,48 +118,63 @@ pub(super) async fn exchange<S: ClientIo, H: Handler>(
         }
         let reading = tx.is_some() && piece.is_none();
         let watching = client_watch == ClientWatch::On;
-        let step = tokio::select! {
-            biased;
-            r = poll_fn(|cx| poll_unless_queued(&mut handling, cx)) => match r {
-                Some(r) => break r,
-                // It waits in a backend's queue: from now on a client that leaves takes
-                // its request out of the queue (read below).
-                None => {
+        // In a block: `event` may borrow `tx`, and must be gone before `tx` changes.
+        let step = {
+            let event = if piece.is_none() && !reading && !watching {
+                // Most requests: no body to pump, no client to watch; only the handler.
+                poll_fn(|cx| poll_handling(&mut handling, &mut interim_rx, cx)).await
+            } else {
+                tokio::select! {
+                    biased;
+                    e = poll_fn(|cx| poll_handling(&mut handling, &mut interim_rx, cx)) => e,
+                    permit = reserve(&tx), if piece.is_some() => Event::Room(permit),
+                    n = read_more(io, buf), if reading || watching => Event::Read(n),
+                }
+            };
+            match event {
+                Event::Answered(r) => break r,
+                // It waits in a backend's queue: from now on a client that leaves takes its
+                // request out of the queue (read below).
+                Event::Queued => {
                     client_watch = ClientWatch::On;
                     Step::Continue
                 }
-            },
-            Some(h) = next_interim(&mut interim_rx) => {
-                if !(h.status == StatusCode::CONTINUE && sent_continue)
-                    && send(io, &interim_head(&h)).await.is_err()
-                {
-                    return Next::Close;
-                }
-                Step::Continue
-            }
-            permit = reserve(&tx), if piece.is_some() => match (permit, piece.take()) {
-                (Some(p), Some(x)) => {
-                    let end = matches!(x, BodyPiece::End);
-                    p.send(x);
-                    if end { Step::StopBody } else { Step::Continue }
-                }
-                // Nobody wants the rest of the body.
-                _ => Step::StopBody,
-            },
-            n = read_more(io, buf), if reading || watching => match n {
-                Ok(n) if n > 0 => {
-                    if !reading {
-                        // Pipelined bytes, kept for the next request; stop reading ahead.
-                        client_watch = ClientWatch::Done;
+                Event::Interim(h) => {
+                    if !(h.status == StatusCode::CONTINUE && sent_continue)
+                        && send(io, &interim_head(&h)).await.is_err()
+                    {
+                        return Next::Close;
                     }
                     Step::Continue
                 }
-                // The client left while its request was queued: drop the request, so it
-                // never reaches the backend.
-                _ if watching => return Next::Close,
-                // The client went away mid-body: the dropped sender aborts the upload.
-                _ => Step::StopBody,
-            },
+                Event::Room(permit) => match (permit, piece.take()) {
+                    (Some(p), Some(x)) => {
+                        let end = matches!(x, BodyPiece::End);
+                        p.send(x);
+                        if end {
+                            Step::StopBody
+                        } else {
+                            Step::Continue
+                        }
+                    }
+                    // Nobody wants the rest of the body.
+                    _ => Step::StopBody,
+                },
+                Event::Read(n) => match n {
+                    Ok(n) if n > 0 => {
+                        if !reading {
+                            // Pipelined bytes, kept for the next request; stop reading ahead.
+                            client_watch = ClientWatch::Done;
+                        }
+                        Step::Continue
+                    }
+                    // The client left while its request was queued: drop the request, so it
+                    // never reaches the backend.
+                    _ if watching => return Next::Close,
+                    // The client went away mid-body: the dropped sender aborts the upload.
+                    _ => Step::StopBody,
+                },
+            }
         };
         if let Step::StopBody = step {
             tx = None;
@@ -244,14 +259,6 @@ enum Step {
     StopBody,
 }
 
-/// The next interim response, or never when the client gets none.
-async fn next_interim(rx: &mut Option<&mut InterimChannel>) -> Option<Box<InterimHead>> {
-    match rx {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Room for one more piece of the request body; `None` when the handler dropped it.
 async fn reserve(tx: &Option<mpsc::Sender<BodyPiece>>) -> Option<mpsc::Permit<'_, BodyPiece>> {
     match tx {
@@ -271,17 +278,41 @@ enum ClientWatch {
     Done,
 }
 
-/// Polls the request; `Ready(None)` when it has just started waiting in a backend's queue
-/// (a thread-local mark the queue sets during this poll). Requests that never queue pay a
-/// thread-local read per poll for this.
-fn poll_unless_queued(
+/// What woke the exchange. Made and taken apart at once, never stored: boxing the answer
+/// would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Event<'a> {
+    /// The handler's final response.
+    Answered(Result<http::Response<ProxyBody>, std::convert::Infallible>),
+    /// The request has just started waiting in a backend's queue.
+    Queued,
+    /// An interim response to relay.
+    Interim(Box<InterimHead>),
+    /// Room for a piece of the request body (`None`: the handler dropped the body).
+    Room(Option<mpsc::Permit<'a, BodyPiece>>),
+    /// Bytes from the client (or its end).
+    Read(io::Result<usize>),
+}
+
+/// Polls the request: its final response; or that it has just started waiting in a
+/// backend's queue (a thread-local mark the queue sets during this poll; requests that
+/// never queue pay a thread-local read per poll for this); or an interim response it
+/// produced. Interim responses come only from the backend exchange, which runs inside this
+/// poll, so a look at the channel after each poll sees them without a waker of its own.
+fn poll_handling<'a>(
     handling: &mut Handling,
+    interim: &mut Option<&mut InterimChannel>,
     cx: &mut std::task::Context<'_>,
-) -> Poll<Option<Result<http::Response<ProxyBody>, std::convert::Infallible>>> {
-    match handling.as_mut().poll(cx) {
-        Poll::Ready(r) => Poll::Ready(Some(r)),
-        Poll::Pending if crate::queue::take_started_waiting() => Poll::Ready(None),
-        Poll::Pending => Poll::Pending,
+) -> Poll<Event<'a>> {
+    if let Poll::Ready(r) = handling.as_mut().poll(cx) {
+        return Poll::Ready(Event::Answered(r));
+    }
+    if crate::queue::take_started_waiting() {
+        return Poll::Ready(Event::Queued);
+    }
+    match interim.as_mut().map(|rx| rx.try_recv()) {
+        Some(Ok(h)) => Poll::Ready(Event::Interim(h)),
+        _ => Poll::Pending,
     }
 }
 

@@ -4,7 +4,9 @@
 //! takes any transport and any [`Handler`], so tests can script it byte for byte.
 
 use std::future::poll_fn;
-use std::task::Poll;
+use std::future::Future;
+use std::pin::{pin, Pin};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -104,8 +106,23 @@ pub async fn serve<S: ClientIo, H: Handler>(
     let mut buf = BytesMut::new();
     let mut first = true;
     let mut interim = None;
+    // One timer and one shutdown watch for the connection's life, moved forward for each
+    // request rather than made anew: registering and cancelling them per request cost more
+    // than the rest of the head's reading.
+    let mut timer = pin!(tokio::time::sleep_until(
+        Instant::now() + limits.header_timeout
+    ));
+    let stopping = shutdown.clone();
+    let mut stop = pin!(async move {
+        let _ = shutdown.changed().await;
+    });
+    let mut waits = Waits {
+        timer: timer.as_mut(),
+        stop: stop.as_mut(),
+        stopped: false,
+    };
     loop {
-        let parsed = match read_head(io, &mut buf, limits, &mut shutdown, first).await {
+        let parsed = match read_head(io, &mut buf, limits, &mut waits, first).await {
             Ok(Head::Request(p)) => p,
             Ok(Head::H2) => return Ended::H2 { buf },
             Ok(Head::None) => return Ended::Closed,
@@ -121,7 +138,7 @@ pub async fn serve<S: ClientIo, H: Handler>(
         };
         first = false;
         match exchange(handler, info, io, &mut buf, &mut interim, parsed).await {
-            Next::KeepAlive if !*shutdown.borrow() => {}
+            Next::KeepAlive if !*stopping.borrow() => {}
             Next::Upgraded => return Ended::Closed,
             _ => {
                 let _ = io.shutdown().await;
@@ -159,27 +176,58 @@ enum Head {
     None,
 }
 
+/// What a connection waits on besides its client: the deadline for the head being read (or
+/// for the next request to start), and shutdown.
+struct Waits<'a> {
+    timer: Pin<&'a mut tokio::time::Sleep>,
+    stop: Pin<&'a mut (dyn Future<Output = ()> + Send)>,
+    /// `stop` has completed (it must not be polled again).
+    stopped: bool,
+}
+
+impl Waits<'_> {
+    /// `Ready` when the deadline has passed, or (if `stop` is set) shutdown has begun.
+    fn poll_over(&mut self, cx: &mut Context<'_>, stop: bool) -> Poll<()> {
+        if self.timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        if stop && !self.stopped {
+            ready!(self.stop.as_mut().poll(cx));
+            self.stopped = true;
+        }
+        if stop && self.stopped {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+}
+
 /// Reads until a whole request head is in `buf`; a status is the error to answer with.
 async fn read_head<S: ClientIo>(
     io: &mut S,
     buf: &mut BytesMut,
     limits: Limits,
-    shutdown: &mut watch::Receiver<bool>,
+    waits: &mut Waits<'_>,
     first: bool,
 ) -> Result<Head, WireError> {
     // A keep-alive connection waits up to idle_timeout for the next request to start, and
     // then has header_timeout to finish its head.
     let mut waiting = !first && buf.is_empty();
-    let mut deadline = Instant::now()
-        + if waiting {
-            limits.idle_timeout
-        } else {
-            limits.header_timeout
-        };
+    waits.timer.as_mut().reset(
+        Instant::now()
+            + if waiting {
+                limits.idle_timeout
+            } else {
+                limits.header_timeout
+            },
+    );
     loop {
         if waiting && !buf.is_empty() {
             waiting = false;
-            deadline = Instant::now() + limits.header_timeout;
+            waits
+                .timer
+                .as_mut()
+                .reset(Instant::now() + limits.header_timeout);
         }
         if first && H2_PREFACE.starts_with(&buf[..buf.len().min(H2_PREFACE.len())]) {
             if buf.len() >= H2_PREFACE.len() {
@@ -190,18 +238,23 @@ async fn read_head<S: ClientIo>(
                 return Ok(Head::Request(p));
             }
         }
+        // A new connection still gets its first request served: the client has just been
+        // accepted (on shutdown or an upgrade). Between requests, shutdown ends it.
+        let idle = buf.is_empty() && !first;
         if buf.is_empty() {
             if let Some(tcp) = io.tcp() {
                 // Idle: wait for data without holding a buffer.
                 let ready = poll_fn(|cx| Poll::Ready(tcp.poll_read_ready(cx).is_ready())).await;
                 if !ready {
                     *buf = BytesMut::new();
-                    tokio::select! {
-                        r = tcp.readable() => if r.is_err() { return Ok(Head::None) },
-                        _ = tokio::time::sleep_until(deadline) => return Ok(Head::None),
-                        // A new connection still gets its first request served: the
-                        // client has just been accepted (on shutdown or an upgrade).
-                        _ = shutdown.changed(), if !first => return Ok(Head::None),
+                    let over = poll_fn(|cx| match tcp.poll_read_ready(cx) {
+                        // An error shows again on the read below.
+                        Poll::Ready(_) => Poll::Ready(false),
+                        Poll::Pending => waits.poll_over(cx, idle).map(|()| true),
+                    })
+                    .await;
+                    if over {
+                        return Ok(Head::None);
                     }
                 }
             }
@@ -209,15 +262,17 @@ async fn read_head<S: ClientIo>(
         if buf.capacity() - buf.len() < HEAD_READ / 2 {
             buf.reserve(HEAD_READ);
         }
-        let idle = buf.is_empty();
-        let n = tokio::select! {
-            r = io.read_buf(buf) => r,
-            _ = tokio::time::sleep_until(deadline) => return Ok(Head::None),
-            _ = shutdown.changed(), if idle && !first => return Ok(Head::None),
+        let n = {
+            let mut read = pin!(io.read_buf(buf));
+            poll_fn(|cx| match read.as_mut().poll(cx) {
+                Poll::Ready(r) => Poll::Ready(Some(r)),
+                Poll::Pending => waits.poll_over(cx, idle).map(|()| None),
+            })
+            .await
         };
         match n {
-            Ok(0) | Err(_) => return Ok(Head::None),
-            Ok(_) => {}
+            Some(Ok(0)) | Some(Err(_)) | None => return Ok(Head::None),
+            Some(Ok(_)) => {}
         }
     }
 }
