@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderValue};
 use http::Request;
 
@@ -14,6 +14,7 @@ use super::upstream::{self, Exchange, InFlight, Interim, Outgoing, ReqBody, Targ
 use super::{ConnInfo, Trace};
 use crate::affinity::{self, client_ip, Decision};
 use crate::config::ProxySettings;
+use crate::h1::BodyEncoder;
 use crate::runtime::Pool;
 
 /// The backend that answered, its response head, and its in-flight count (and
@@ -33,19 +34,21 @@ pub struct Route<'a> {
     pub own_cookie: Option<&'a str>,
 }
 
-/// Sends the request to `decision`'s backend, moving on (by `affinity::retry`) when a
-/// backend cannot be reached or fails before answering a request that can be replayed.
-pub async fn forward(
-    pool: &Pool,
-    settings: &ProxySettings,
+/// The request encoded for the backend, and what a replay on another backend needs.
+pub struct Prepared {
+    first: Outgoing,
+    /// A bodiless idempotent request's head and encoder, kept to replay it if its backend
+    /// fails before answering (a backend killed mid-request).
+    replay: Option<(Bytes, BodyEncoder)>,
+}
+
+/// Encodes the request for the backend. Not async, so the request and its parts never
+/// take room in the request's future.
+pub fn prepare(
     route: Route<'_>,
     req: Request<ReqBody>,
     interim: Option<Interim>,
-    decision: &mut Decision,
-    trace: &mut Trace,
-) -> Result<Forwarded, ProxyError> {
-    // A bodiless idempotent request can be replayed on another backend if its backend
-    // fails before answering (a backend killed mid-request); its encoded head is kept.
+) -> Result<Prepared, ProxyError> {
     let replayable = replayable(&req);
     let (parts, body) = req.into_parts();
     let mut peer = [0u8; 48];
@@ -57,8 +60,20 @@ pub async fn forward(
         own_cookie: route.own_cookie,
     };
     let first = outgoing(&parts, body, &forwarding, interim)?;
-    drop(parts);
     let replay = replayable.then(|| (first.head.clone(), first.encoder.clone()));
+    Ok(Prepared { first, replay })
+}
+
+/// Sends the request to `decision`'s backend, moving on (by `affinity::retry`) when a
+/// backend cannot be reached or fails before answering a request that can be replayed.
+pub async fn forward(
+    pool: &Pool,
+    settings: &ProxySettings,
+    prepared: Prepared,
+    decision: &mut Decision,
+    trace: &mut Trace,
+) -> Result<Forwarded, ProxyError> {
+    let Prepared { first, replay } = prepared;
     let head_request = first.head_request;
     let mut req = Some(first);
     let max_head = settings.max_header_bytes.max(8192);

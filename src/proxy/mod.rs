@@ -132,16 +132,8 @@ async fn proxy(
             .map(|c| c.name())
             .filter(|_| choice.own_cookie),
     };
-    let fwd = forward::forward(
-        pool,
-        settings,
-        route,
-        req,
-        hooks.interim,
-        &mut choice.decision,
-        trace,
-    )
-    .await?;
+    let prepared = forward::prepare(route, req, hooks.interim)?;
+    let fwd = forward::forward(pool, settings, prepared, &mut choice.decision, trace).await?;
     trace.backend = Some(fwd.backend);
     trace.affinity = Some(choice.decision.outcome);
     // Only tether's HTTP/1.1 loop offers upgrades (HTTP/2 requests never ask for one).

@@ -29,21 +29,36 @@ pub(super) enum Next {
     Upgraded,
 }
 
-/// One request and its response. The request body is pumped to the handler while the
-/// loop also relays interim responses and watches for the final one: a final response
-/// that comes before the body is read is relayed at once, and the connection then closes.
-pub(super) async fn exchange<S: ClientIo, H: Handler>(
+/// A request handed to the handler, and what the exchange needs to see it through.
+struct Started<'a> {
+    handling: Handling,
+    /// Where the request body goes (`None`: it has none).
+    tx: Option<mpsc::Sender<BodyPiece>>,
+    decoder: BodyDecoder,
+    upgrade_rx: Option<oneshot::Receiver<proxy::Tunnel>>,
+    interim_rx: Option<&'a mut InterimChannel>,
+    head_request: bool,
+    version: Version,
+    keep_alive: bool,
+    expect_continue: bool,
+    /// A chunked body already read and malformed: refused before anything goes to a
+    /// backend (a later malformation aborts the upload instead). The handler's future is
+    /// then dropped unpolled, so nothing was sent.
+    refused: Option<h1::WireError>,
+}
+
+/// Builds the request and calls the handler (which only makes its future).
+fn start<'a, H: Handler>(
     handler: &H,
     info: ConnInfo,
-    io: &mut S,
-    buf: &mut BytesMut,
-    interim: &mut Option<(mpsc::Sender<Box<InterimHead>>, InterimChannel)>,
+    buf: &BytesMut,
+    interim: &'a mut Option<(mpsc::Sender<Box<InterimHead>>, InterimChannel)>,
     parsed: RequestHead,
-) -> Next {
+) -> Started<'a> {
     let RequestHead {
         req,
         framing,
-        mut keep_alive,
+        keep_alive,
         expect_continue,
         upgrade: wants_upgrade,
     } = parsed;
@@ -66,8 +81,7 @@ pub(super) async fn exchange<S: ClientIo, H: Handler>(
         hooks.interim = Some(Interim(tx.clone()));
         interim_rx = Some(rx);
     }
-    // A chunked body that is already here and malformed is refused before anything goes
-    // to a backend (a later malformation aborts the upload instead).
+    let mut refused = None;
     if framing == Framing::Chunked && !buf.is_empty() {
         let mut probe = h1::ChunkedDecoder::default();
         let mut copy = buf.clone();
@@ -76,28 +90,71 @@ pub(super) async fn exchange<S: ClientIo, H: Handler>(
                 Ok(Decoded::Data(_)) => {}
                 Ok(_) => break,
                 Err(e) => {
-                    tracing::debug!(client = %info.peer, error = %e, "malformed request body");
-                    let _ = send(io, &error_response(e.status())).await;
-                    return Next::Close;
+                    refused = Some(e);
+                    break;
                 }
             }
         }
     }
-    let mut decoder = BodyDecoder::new(framing);
-    let mut sent_continue = false;
-    let (body, mut tx) = if decoder.is_done() {
+    let decoder = BodyDecoder::new(framing);
+    let (body, tx) = if decoder.is_done() {
         (ReqBody::Empty, None)
     } else {
-        if expect_continue {
-            if send(io, b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err() {
-                return Next::Close;
-            }
-            sent_continue = true;
-        }
         let (tx, rx) = mpsc::channel(2);
         (ReqBody::Channel(rx), Some(tx))
     };
-    let mut handling = handler.call(info, Request::from_parts(parts, body), hooks);
+    Started {
+        handling: handler.call(info, Request::from_parts(parts, body), hooks),
+        tx,
+        decoder,
+        upgrade_rx,
+        interim_rx,
+        head_request,
+        version,
+        keep_alive,
+        expect_continue,
+        refused,
+    }
+}
+
+/// One request and its response. The request body is pumped to the handler while the
+/// loop also relays interim responses and watches for the final one: a final response
+/// that comes before the body is read is relayed at once, and the connection then closes.
+pub(super) async fn exchange<S: ClientIo, H: Handler>(
+    handler: &H,
+    info: ConnInfo,
+    io: &mut S,
+    buf: &mut BytesMut,
+    interim: &mut Option<(mpsc::Sender<Box<InterimHead>>, InterimChannel)>,
+    parsed: RequestHead,
+) -> Next {
+    // Everything up to the handler's call is done before the first await, so the parsed
+    // head and the request never take room in this (per-request, moved) future.
+    let Started {
+        mut handling,
+        mut tx,
+        mut decoder,
+        upgrade_rx,
+        mut interim_rx,
+        head_request,
+        version,
+        mut keep_alive,
+        expect_continue,
+        refused,
+    } = start(handler, info, buf, interim, parsed);
+    if let Some(e) = refused {
+        tracing::debug!(client = %info.peer, error = %e, "malformed request body");
+        drop(handling);
+        let _ = send(io, &error_response(e.status())).await;
+        return Next::Close;
+    }
+    let mut sent_continue = false;
+    if expect_continue && tx.is_some() {
+        if send(io, b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err() {
+            return Next::Close;
+        }
+        sent_continue = true;
+    }
     let mut piece: Option<BodyPiece> = None;
     let mut client_watch = ClientWatch::Off;
     let res = loop {
