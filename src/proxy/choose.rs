@@ -35,7 +35,7 @@ pub async fn choose(
     let client: IpAddr = client_ip::client_ip(
         conn.peer.ip(),
         req.headers()
-            .get_all("x-forwarded-for")
+            .get_all(&super::headers::X_FORWARDED_FOR)
             .iter()
             .map(HeaderValue::as_bytes),
         &settings.trusted_proxies,
