@@ -41,5 +41,5 @@ measure() {
 }
 
 {
-  measure tether-cookie $TP tether target/release/tether run -c "$work/tether.toml" --threads 1
+  measure tether-cookie $TP tether ${BIN:-target/release/tether} run -c "$work/tether.toml" --threads 1
 } | tee "$work/results"

@@ -95,6 +95,9 @@ pub(super) struct Seen {
     pub(super) transfer_encoding: bool,
     pub(super) upgrade: bool,
     pub(super) expect: bool,
+    /// How many `Host` fields (at most 2 counted), and where the last one's value is.
+    pub(super) hosts: u8,
+    pub(super) host: (u32, u32),
 }
 
 /// The header map, its values sharing `head` (the split-off head) without copies.
@@ -115,6 +118,9 @@ pub(super) fn header_map(head: &Bytes, spans: &[Span]) -> Option<(HeaderMap, See
             seen.upgrade = true;
         } else if name == header::EXPECT {
             seen.expect = true;
+        } else if name == header::HOST {
+            seen.hosts = seen.hosts.saturating_add(1).min(2);
+            seen.host = (vs, ve);
         }
         headers.append(name, value);
     }

@@ -83,7 +83,7 @@ pub fn parse_request(
     } else {
         Version::HTTP_11
     };
-    check_host(version, &headers)?;
+    check_host(version, &head, seen)?;
     let framing = request_framing(version, &mut headers, seen)?;
     let keep_alive = match version {
         Version::HTTP_11 => !(seen.connection && has_token(&headers, header::CONNECTION, b"close")),
@@ -160,13 +160,14 @@ fn check_target(method: &Method, uri: &Uri) -> Result<(), WireError> {
 }
 
 /// RFC 9112 §3.2: exactly one `Host` on HTTP/1.1 (at most one on 1.0), a valid authority
-/// without userinfo.
-fn check_host(version: Version, h: &HeaderMap) -> Result<(), WireError> {
-    let mut hosts = h.get_all(header::HOST).iter();
-    match (hosts.next(), hosts.next()) {
-        (None, _) if version == Version::HTTP_10 => Ok(()),
-        (Some(v), None) => {
-            let v = v.as_bytes();
+/// without userinfo. Reads the field where the header map's build noted it (no lookup).
+fn check_host(version: Version, head: &[u8], seen: Seen) -> Result<(), WireError> {
+    match seen.hosts {
+        0 if version == Version::HTTP_10 => Ok(()),
+        1 => {
+            let v = head
+                .get(seen.host.0 as usize..seen.host.1 as usize)
+                .ok_or(WireError::Host)?;
             if v.is_empty() {
                 return Ok(()); // allowed when the target has no authority (RFC 9112 §3.2)
             }
@@ -191,29 +192,39 @@ fn plain_host(v: &[u8]) -> bool {
         None => (v, &b""[..]),
     };
     !host.is_empty()
-        && host.iter().all(|&b| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'-' | b'.'
-                        | b'_'
-                        | b'~'
-                        | b'!'
-                        | b'$'
-                        | b'&'
-                        | b'\''
-                        | b'('
-                        | b')'
-                        | b'*'
-                        | b'+'
-                        | b','
-                        | b';'
-                        | b'='
-                )
-        })
+        && host.iter().all(|&b| HOST_BYTE[usize::from(b)])
         && port.len() <= 5
         && port.iter().all(u8::is_ascii_digit)
 }
+
+/// The bytes of a reg-name or IPv4 address: unreserved and sub-delims (RFC 3986 §3.2.2).
+static HOST_BYTE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            );
+        b += 1;
+    }
+    t
+};
 
 /// RFC 9112 §6.3 for requests, strictly: Transfer-Encoding with Content-Length, any coding
 /// but a single `chunked`, or differing lengths are refused (request smuggling). Identical
@@ -349,14 +360,21 @@ mod tests {
             assert!(!plain_host(other), "{:?}", String::from_utf8_lossy(other));
         }
         // What the fast check leaves to the parser is still judged the same way.
-        let mut h = HeaderMap::new();
-        h.insert(header::HOST, HeaderValue::from_static("[::1]:80"));
-        assert_eq!(check_host(Version::HTTP_11, &h), Ok(()));
-        h.insert(
-            header::HOST,
-            HeaderValue::from_static("user@shop.example.com"),
-        );
-        assert_eq!(check_host(Version::HTTP_11, &h), Err(WireError::Host));
+        for (host, ok) in [("[::1]:80", true), ("user@shop.example.com", false)] {
+            let mut buf =
+                BytesMut::from(format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").as_str());
+            let r = parse_request(&mut buf, 8192);
+            assert_eq!(r.is_ok(), ok, "{host}: {r:?}");
+        }
+        // Two Host fields, or none on HTTP/1.1, are refused; none on HTTP/1.0 is fine.
+        for (head, ok) in [
+            (&b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n"[..], false),
+            (b"GET / HTTP/1.1\r\n\r\n", false),
+            (b"GET / HTTP/1.0\r\n\r\n", true),
+        ] {
+            let mut buf = BytesMut::from(head);
+            assert_eq!(parse_request(&mut buf, 8192).is_ok(), ok);
+        }
     }
 
     /// The look at field-name starts and the head's end finds every bare LF the full scan
