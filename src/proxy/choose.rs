@@ -32,14 +32,19 @@ pub async fn choose(
     req: &Request<ReqBody>,
     trace: &mut Trace,
 ) -> Result<Choice, ProxyError> {
-    let client: IpAddr = client_ip::client_ip(
-        conn.peer.ip(),
-        req.headers()
-            .get_all(&super::headers::X_FORWARDED_FOR)
-            .iter()
-            .map(HeaderValue::as_bytes),
-        &settings.trusted_proxies,
-    );
+    // X-Forwarded-For counts only from trusted proxies: without any, not even looked up.
+    let client: IpAddr = if settings.trusted_proxies.is_empty() {
+        conn.peer.ip().to_canonical()
+    } else {
+        client_ip::client_ip(
+            conn.peer.ip(),
+            req.headers()
+                .get_all(&super::headers::X_FORWARDED_FOR)
+                .iter()
+                .map(HeaderValue::as_bytes),
+            &settings.trusted_proxies,
+        )
+    };
     trace.client = Some(client);
     // route and learn read the application's own session cookie.
     let app_cookie = match (&pool.route_cfg, &pool.learn_cfg) {

@@ -243,19 +243,21 @@ async fn read_head<S: ClientIo>(
         let idle = buf.is_empty() && !first;
         if buf.is_empty() {
             if let Some(tcp) = io.tcp() {
-                // Idle: wait for data without holding a buffer.
-                let ready = poll_fn(|cx| Poll::Ready(tcp.poll_read_ready(cx).is_ready())).await;
-                if !ready {
-                    *buf = BytesMut::new();
-                    let over = poll_fn(|cx| match tcp.poll_read_ready(cx) {
-                        // An error shows again on the read below.
-                        Poll::Ready(_) => Poll::Ready(false),
-                        Poll::Pending => waits.poll_over(cx, idle).map(|()| true),
-                    })
-                    .await;
-                    if over {
-                        return Ok(Head::None);
+                // Idle: wait for data without holding a buffer (released only when the
+                // client has sent nothing yet).
+                let over = poll_fn(|cx| match tcp.poll_read_ready(cx) {
+                    // An error shows again on the read below.
+                    Poll::Ready(_) => Poll::Ready(false),
+                    Poll::Pending => {
+                        if buf.capacity() > 0 {
+                            *buf = BytesMut::new();
+                        }
+                        waits.poll_over(cx, idle).map(|()| true)
                     }
+                })
+                .await;
+                if over {
+                    return Ok(Head::None);
                 }
             }
         }
