@@ -54,7 +54,10 @@ pub fn write_request_head(
     } else {
         Vec::new()
     };
+    // Noted on the way through, so the usual case needs no lookups afterwards.
     let mut cookies = 0;
+    let mut first_cookie: Option<&HeaderValue> = None;
+    let mut forwarded_for = false;
     let mut had_length = false;
     for (name, value) in h {
         let skip = h1::is_hop_by_hop(name.as_str().as_bytes())
@@ -69,6 +72,9 @@ pub fn write_request_head(
                 .any(|t| t.eq_ignore_ascii_case(name.as_str().as_bytes()));
         if name == header::COOKIE {
             cookies += 1;
+            first_cookie = first_cookie.or(Some(value));
+        } else if name == X_FORWARDED_FOR {
+            forwarded_for = true;
         } else if name == header::CONTENT_LENGTH {
             had_length = true;
         } else if !skip {
@@ -79,28 +85,29 @@ pub fn write_request_head(
         h1::header_line(b"host", host.as_bytes(), out);
     }
     // HTTP/2 may send several cookie headers; HTTP/1.1 wants one.
-    if cookies > 0 {
-        let values = h
-            .get_all(header::COOKIE)
-            .into_iter()
-            .map(HeaderValue::as_bytes);
+    if let Some(first) = first_cookie {
         match (cookies, f.own_cookie) {
-            (1, None) => {
-                for v in values {
-                    h1::header_line(b"cookie", v, out);
+            (1, None) => h1::header_line(b"cookie", first.as_bytes(), out),
+            (1, own) => {
+                if let Some(v) = cookie::strip_cookie(std::iter::once(first.as_bytes()), own) {
+                    h1::header_line(b"cookie", &v, out);
                 }
             }
             (_, own) => {
+                let values = h
+                    .get_all(header::COOKIE)
+                    .into_iter()
+                    .map(HeaderValue::as_bytes);
                 if let Some(v) = cookie::strip_cookie(values, own) {
                     h1::header_line(b"cookie", &v, out);
                 }
             }
         }
     }
-    let mut xff = h.get_all(&X_FORWARDED_FOR).into_iter().peekable();
-    if xff.peek().is_none() {
+    if !forwarded_for {
         h1::header_line(b"x-forwarded-for", f.peer, out);
     } else {
+        let xff = h.get_all(&X_FORWARDED_FOR);
         out.extend_from_slice(b"x-forwarded-for: ");
         for v in xff {
             out.extend_from_slice(v.as_bytes());

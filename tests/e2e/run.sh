@@ -22,8 +22,9 @@ python3 -c 'import flask, gunicorn' 2>/dev/null || {
   echo "== installing flask gunicorn"
   python3 -m pip install -q flask gunicorn
 }
-# Packaged services must not hold the ports or compete: the tests start their own.
-pkill -f 'org.apache.catalina.startup.Bootstrap' 2>/dev/null || true
+# The packaged Tomcat service (run as the `tomcat` system user) must not hold the ports or
+# compete: the tests start their own and stop those by pid. Only that user's is stopped.
+pkill -u tomcat -f 'org.apache.catalina.startup.Bootstrap' 2>/dev/null || true
 
 cargo build -q --bin tether
 python3 tests/e2e/e2e.py
