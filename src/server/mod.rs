@@ -169,7 +169,7 @@ pub async fn serve(
     }
     let deadline = app.snapshot().config.proxy.shutdown_timeout;
     tracing::info!(
-        connections = graceful.count() + h1_stop.receiver_count(),
+        connections = app.open_connections.load(Ordering::Relaxed),
         "shutting down: finishing in-flight requests"
     );
     let started = tokio::time::Instant::now();
